@@ -1,0 +1,522 @@
+"""``GoBinary``: everything goprobe's compiler needs to know about one Go executable, read lazily.
+
+Opening costs a few milliseconds; each question (a function, a type, a line) reads only the units and DIEs it
+needs. Answers are kept in a persisted index cache keyed by the binary's identity, so a second open of the
+same binary skips the DWARF entirely for what was asked before.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from collections.abc import Iterable
+from functools import cached_property
+
+import attrs
+
+from goprobe.dwarf import constants as C
+from goprobe.dwarf.dies import DebugSections, Die, Unit, UnitTable
+from goprobe.dwarf.elf import ElfImage
+from goprobe.dwarf.expressions import ADDRESS_MEMORY, Location, decode_location
+from goprobe.dwarf.frames import FrameRule, FrameTable
+from goprobe.dwarf.functions import Function, FunctionReader, InlinedCall
+from goprobe.dwarf.index_cache import IndexCache
+from goprobe.dwarf.lines import LineProgram
+from goprobe.dwarf.types import GoType, TypeTable
+from goprobe.errors import (
+    DwarfFormatError,
+    NoDebugInfoError,
+    NotGoBinaryError,
+    UnknownFunctionError,
+    UnknownTypeError,
+    UnknownVariableError,
+    UnsupportedGoVersionError,
+)
+
+MIN_GO = (1, 21)
+
+_TOP_LEVEL_TAGS = (C.TAG_subprogram, C.TAG_variable, C.TAG_constant)
+
+
+@attrs.frozen(slots=True)
+class GlobalVariable:
+    name: str
+    address: int
+    type_offset: int
+    die_offset: int
+
+
+@attrs.frozen(slots=True)
+class SourceLocation:
+    """What is at a PC: the function, and the source position including the chain of inlined calls."""
+
+    pc: int
+    function: str
+    file: str
+    line: int
+    inlined: tuple[tuple[str, str, int], ...]  # (inlined function, its file, line) innermost last
+
+
+def parse_go_version(text: str) -> tuple[int, int, int]:
+    m = re.match(r"go(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return (0, 0, 0)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+class GoBinary:
+    """A Go ELF binary opened for compiling probes.
+
+    Raises :class:`~goprobe.errors.NotELFError`, :class:`~goprobe.errors.NotGoBinaryError`,
+    :class:`~goprobe.errors.NoDebugInfoError`, :class:`~goprobe.errors.UnsupportedArchitectureError` or
+    :class:`~goprobe.errors.UnsupportedGoVersionError` when the file cannot be used.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, use_cache: bool = True) -> None:
+        self.elf = ElfImage(path)
+        self.path = self.elf.path
+        self.arch = self.elf.arch
+        try:
+            self.go_version = self.elf.go_version
+        except NotGoBinaryError:
+            self.elf.close()
+            raise
+        ver = parse_go_version(self.go_version)
+        if ver[:2] < MIN_GO:
+            self.elf.close()
+            raise UnsupportedGoVersionError(
+                f"{self.path}: built by {self.go_version}; goprobe supports Go 1.21 and newer — rebuild with a newer Go")
+        if not self.elf.has_section(".debug_info"):
+            self.elf.close()
+            raise NoDebugInfoError(
+                f"{self.path}: has no DWARF debug information (built with -ldflags=-w or -s, or stripped); "
+                "rebuild without '-w' and '-s' in -ldflags and do not strip it")
+        self.go_version_tuple = ver
+        self.build_id = self.elf.go_build_id
+        self.sections = DebugSections(self.elf.section_data)
+        self.cache = IndexCache.open(self.elf.identity_key) if use_cache else IndexCache.disabled()
+        self._function_reader = FunctionReader(self.sections, self, self._file_name)
+        self._line_programs: dict[int, LineProgram] = {}
+        self._unit_index: dict[int, dict[str, list[int]]] = {}
+        self._functions: dict[int, Function] = {}
+
+    def close(self) -> None:
+        self.cache.save()
+        self.elf.close()
+
+    def __enter__(self) -> GoBinary:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- identity ---------------------------------------------------------------------------------------
+    @property
+    def is_pie(self) -> bool:
+        return self.elf.is_pie
+
+    @property
+    def dwarf_version(self) -> int:
+        v = self.cache.get("dwarf_version")
+        if v is None:
+            v = self.cache.put("dwarf_version", self.units.unit(0).version)
+        return v
+
+    @property
+    def dwarf_compressed(self) -> bool:
+        return bool(self.elf._sections[".debug_info"]["sh_flags"] & 0x800)
+
+    @cached_property
+    def producer(self) -> str:
+        return self.units.unit(0).root.attrs.get(C.AT_producer, "")
+
+    # -- units --------------------------------------------------------------------------------------------
+    @cached_property
+    def units(self) -> UnitTable:
+        if not self.sections.info:
+            raise NoDebugInfoError(f"{self.path}: .debug_info is empty; rebuild without -ldflags=-w")
+        return UnitTable(self.sections)
+
+    def die_at(self, offset: int) -> Die:
+        return self.units.die_at(offset)
+
+    @cached_property
+    def _unit_ranges(self) -> tuple[list[int], list[tuple[int, int, int]]]:
+        cached = self.cache.get("unit_ranges")
+        if cached is None:
+            spans = []
+            for unit in self.units.units():
+                for lo, hi in self._function_reader.die_ranges(unit.root):
+                    spans.append((lo, hi, unit.offset))
+            spans.sort()
+            cached = self.cache.put("unit_ranges", spans)
+        return [s[0] for s in cached], cached
+
+    def unit_for_pc(self, pc: int) -> Unit | None:
+        starts, spans = self._unit_ranges
+        i = bisect.bisect_right(starts, pc) - 1
+        while i >= 0:
+            lo, hi, off = spans[i]
+            if lo <= pc < hi:
+                return self.units.unit(off)
+            if hi <= pc:
+                break
+            i -= 1
+        return None
+
+    def unit_names(self) -> dict[int, str]:
+        names = self.cache.get("unit_names")
+        if names is None:
+            names = self.cache.put("unit_names", {u.offset: u.name for u in self.units.units()})
+        return names
+
+    def _units_for_symbol(self, name: str) -> list[int]:
+        """Units whose package could define *name* (the package path is a prefix of a qualified name)."""
+        return [off for off, pkg in self.unit_names().items() if pkg and name.startswith(pkg + ".")]
+
+    def _index_of_unit(self, unit_offset: int) -> dict[str, list[int]]:
+        idx = self._unit_index.get(unit_offset)
+        if idx is not None:
+            return idx
+        key = f"unit_index:{unit_offset}"
+        idx = self.cache.get(key)
+        if idx is None:
+            unit = self.units.unit(unit_offset)
+            idx = {}
+            for off, ab in unit.top_level_scan():
+                if ab.tag in _TOP_LEVEL_TAGS:
+                    die = unit.die_at(off)
+                    name = die.attrs.get(C.AT_name)
+                    if not name and C.AT_abstract_origin in die.attrs:
+                        # A concrete copy of an inlinable function is named only through its abstract DIE.
+                        name = self.die_at(die.attrs[C.AT_abstract_origin]).attrs.get(C.AT_name)
+                    if name:
+                        idx.setdefault(name, []).append(off)
+            self.cache.put(key, idx)
+        self._unit_index[unit_offset] = idx
+        return idx
+
+    # -- lines ---------------------------------------------------------------------------------------------
+    def line_program(self, unit: Unit) -> LineProgram | None:
+        prog = self._line_programs.get(unit.offset)
+        if prog is None:
+            off = unit.root.attrs.get(C.AT_stmt_list)
+            if off is None:
+                return None
+            prog = LineProgram(self.sections.line, off, self.sections.line_str, self.sections.str)
+            self._line_programs[unit.offset] = prog
+        return prog
+
+    def _file_name(self, unit: Unit, index: int) -> str:
+        prog = self.line_program(unit)
+        return prog.file_name(index) if prog else "?"
+
+    def source_at(self, pc: int) -> SourceLocation | None:
+        """PC → function, file, line, and the inlined calls active there (innermost last)."""
+        unit = self.unit_for_pc(pc)
+        if unit is None:
+            return None
+        prog = self.line_program(unit)
+        row = prog.row_for_pc(pc) if prog else None
+        if row is None:
+            return None
+        fn = self.function_at(pc)
+        chain: tuple[tuple[str, str, int], ...] = ()
+        if fn is not None:
+            calls = fn.inline_chain(pc)
+            # Each inlined call's position is the call site in its parent; the row is the innermost position.
+            chain = tuple((c.name, c.call_file, c.call_line) for c in calls)
+        return SourceLocation(pc, fn.name if fn else "?", prog.file_name(row.file), row.line, chain)
+
+    def pcs_for_line(self, file: str, line: int, *, statements_only: bool = True) -> list[int]:
+        """Every PC where a statement of *file*:*line* begins, inlined copies included, sorted.
+
+        *file* may be a suffix of the path (``server.go`` or ``demo/server.go``).
+        """
+        out: set[int] = set()
+        matched_any = False
+        for unit in self.units.units():
+            prog = self.line_program(unit)
+            if prog is None:
+                continue
+            idxs = {i for i, f in enumerate(prog.files) if _path_matches(f, file)}
+            if not idxs:
+                continue
+            matched_any = True
+            prev_line_file = None
+            for row in prog.rows:
+                if row.end_sequence:
+                    prev_line_file = None
+                    continue
+                key = (row.file, row.line)
+                if row.file in idxs and row.line == line and (row.is_stmt or not statements_only):
+                    if key != prev_line_file:
+                        out.add(row.address)
+                prev_line_file = key
+        if not matched_any:
+            raise UnknownFunctionError(f"{file}:{line}", self._all_files(), "the binary's source files")
+        return sorted(out)
+
+    def _all_files(self) -> list[str]:
+        files: set[str] = set()
+        for unit in self.units.units():
+            prog = self.line_program(unit)
+            if prog:
+                files.update(f for f in prog.files if f)
+        return sorted(files)
+
+    # -- functions -----------------------------------------------------------------------------------------
+    def function_names(self) -> list[str]:
+        return [s.name for s in self.elf.function_symbols()]
+
+    def function(self, name: str) -> Function:
+        """The out-of-line function called *name* (exact Go symbol name, e.g. ``main.(*Server).handle``).
+
+        For a generic function give the base name to get the single instantiation, or see :meth:`functions`.
+        """
+        found = self.functions(name)
+        if not found:
+            if self.abstract_function_offset(name) is not None:
+                callers = sorted({caller.name for caller, _ in self.inlined_copies(name)})
+                raise UnknownFunctionError(
+                    name, (), f"{self.path.name} as out-of-line code: it was inlined into "
+                    f"{', '.join(callers[:5]) or 'its callers'}{' …' if len(callers) > 5 else ''}; probe a caller or "
+                    "a file:line inside it, or rebuild with -gcflags=all=-l to keep it")
+            raise UnknownFunctionError(name, self.function_names(), str(self.path.name))
+        return found[0]
+
+    def functions(self, name: str) -> list[Function]:
+        """All functions matching *name*: the exact symbol, or every instantiation ``name[...]`` of a generic."""
+        cached = self.cache.get(f"fn:{name}")
+        if cached is not None:
+            return [self._function_by_offset(off) for off in cached]
+        offsets = self._find_function_dies(name)
+        if not offsets and "[" not in name:
+            offsets = self._find_function_dies(name + "[", prefix=True)
+        self.cache.put(f"fn:{name}", offsets)
+        return [self._function_by_offset(off) for off in offsets]
+
+    def _find_function_dies(self, name: str, prefix: bool = False) -> list[int]:
+        found = []
+        for unit_off in self._units_for_symbol(name):
+            idx = self._index_of_unit(unit_off)
+            keys = [k for k in idx if k.startswith(name)] if prefix else [name] if name in idx else []
+            for key in keys:
+                for off in idx[key]:
+                    die = self.die_at(off)
+                    # Concrete out-of-line code only: abstract DIEs (inlined-only) have no PCs.
+                    if die.tag == C.TAG_subprogram and (C.AT_low_pc in die.attrs or C.AT_ranges in die.attrs):
+                        found.append(off)
+        return sorted(set(found))
+
+    def abstract_function_offset(self, name: str) -> int | None:
+        """The abstract DIE of *name* if Go inlined it somewhere."""
+        for unit_off in self._units_for_symbol(name):
+            for off in self._index_of_unit(unit_off).get(name, []):
+                die = self.die_at(off)
+                if die.tag == C.TAG_subprogram and C.AT_inline in die.attrs:
+                    return off
+        return None
+
+    def _function_by_offset(self, off: int) -> Function:
+        fn = self._functions.get(off)
+        if fn is None:
+            key = f"fnobj:{off}"
+            fn = self.cache.get(key)
+            if fn is None:
+                fn = self.cache.put(key, self._function_reader.function(self.die_at(off)))
+            self._functions[off] = fn
+        return fn
+
+    def function_at(self, pc: int) -> Function | None:
+        """The out-of-line function whose code contains *pc*."""
+        sym = self.elf.function_symbol_at(pc)
+        if sym is not None:
+            for fn in self.functions(sym.name):
+                if fn.contains(pc):
+                    return fn
+        unit = self.unit_for_pc(pc)
+        if unit is None:
+            return None
+        for names in self._index_of_unit(unit.offset).values():
+            for off in names:
+                die = self.die_at(off)
+                if die.tag == C.TAG_subprogram and any(
+                        lo <= pc < hi for lo, hi in self._function_reader.die_ranges(die)):
+                    return self._function_by_offset(off)
+        return None
+
+    def inlined_copies(self, name: str) -> list[tuple[Function, InlinedCall]]:
+        """Every place *name* was inlined: (caller, the inlined call). Scans all units; used on demand."""
+        abstract = self.abstract_function_offset(name)
+        if abstract is None:
+            return []
+        key = f"inlined:{abstract}"
+        cached = self.cache.get(key)
+        if cached is None:
+            callers = set()
+            for unit in self.units.units():
+                data = unit.info
+                needle = abstract.to_bytes(4, "little")
+                start = unit.root.end
+                if data.find(needle, start, unit.end) < 0:
+                    continue  # no reference to the abstract DIE anywhere in this unit
+                for off, ab in unit.top_level_scan():
+                    if ab.tag == C.TAG_subprogram:
+                        die = unit.die_at(off)
+                        if C.AT_low_pc in die.attrs or C.AT_ranges in die.attrs:
+                            end = unit.skip_subtree(die)
+                            if data.find(needle, off, end) >= 0:
+                                callers.add(off)
+            cached = self.cache.put(key, sorted(callers))
+        out = []
+        for off in cached:
+            fn = self._function_by_offset(off)
+            for call in _walk_calls(fn.inlined_calls):
+                if call.abstract_offset == abstract:
+                    out.append((fn, call))
+        return out
+
+    # -- globals ------------------------------------------------------------------------------------------
+    def global_variable(self, name: str) -> GlobalVariable:
+        """A package-level variable by qualified name (``main.config``, ``runtime.allgs``)."""
+        for unit_off in self._units_for_symbol(name):
+            for off in self._index_of_unit(unit_off).get(name, []):
+                die = self.die_at(off)
+                if die.tag != C.TAG_variable:
+                    continue
+                loc = die.attrs.get(C.AT_location)
+                if isinstance(loc, (bytes, bytearray)):
+                    pieces = decode_location(loc, addr_size=die.unit.addr_size,
+                                             address_at_index=die.unit.address_at_index)
+                    if len(pieces) == 1 and pieces[0].kind == ADDRESS_MEMORY:
+                        return GlobalVariable(name, pieces[0].offset, die.attrs.get(C.AT_type, 0), off)
+        candidates = [s for s in self.elf.symbol_names() if "." in s]
+        raise UnknownVariableError(name, candidates, "the binary's package variables")
+
+    def constant(self, name: str) -> int | None:
+        """The value of a package-level Go constant (``internal/abi.KindMask``), or None if DWARF lacks it."""
+        for unit_off in self._units_for_symbol(name):
+            for off in self._index_of_unit(unit_off).get(name, []):
+                die = self.die_at(off)
+                if die.tag == C.TAG_constant and C.AT_const_value in die.attrs:
+                    v = die.attrs[C.AT_const_value]
+                    return v if isinstance(v, int) else int.from_bytes(v, "little")
+        return None
+
+    # -- types ---------------------------------------------------------------------------------------------
+    @cached_property
+    def types(self) -> TypeTable:
+        table = TypeTable(self.units)
+        return table
+
+    def type_at(self, offset: int) -> GoType:
+        return self.types.get(offset)
+
+    def type_named(self, name: str) -> GoType:
+        """A type by its Go name (``runtime.g``, ``main.Server``, ``[]string``)."""
+        off = self.cache.get(f"type:{name}")
+        if off is None:
+            off = self._find_type(name)
+            if off is None:
+                raise UnknownTypeError(name, self.types.name_index().keys(), "the binary's DWARF types")
+            self.cache.put(f"type:{name}", off)
+        return self.types.get(off)
+
+    def _find_type(self, name: str) -> int | None:
+        # Go's linker emits every type into the runtime package's unit: look there before scanning everything.
+        off = self._runtime_unit_types[0].get(name)
+        return off if off is not None else self.types.name_index().get(name)
+
+    @cached_property
+    def _runtime_unit_types(self) -> tuple[dict[str, int], dict[int, int]]:
+        by_name: dict[str, int] = {}
+        for unit_off, pkg in self.unit_names().items():
+            if pkg == "runtime":
+                _index_types(self.units.unit(unit_off), by_name, None)
+        return by_name, {}
+
+    @cached_property
+    def _runtime_type_addresses(self) -> dict[int, int]:
+        by_name: dict[str, int] = {}
+        by_rt: dict[int, int] = {}
+        for unit_off, pkg in self.unit_names().items():
+            if pkg == "runtime":
+                _index_types(self.units.unit(unit_off), by_name, by_rt)
+        return by_rt
+
+    def runtime_unit_type(self, name: str) -> GoType | None:
+        """A type by name from the runtime package's units only (cheap; None if not there)."""
+        off = self._runtime_unit_types[0].get(name)
+        return None if off is None else self.types.get(off)
+
+    def type_for_runtime_type(self, addr: int) -> GoType | None:
+        """The DWARF type described by the runtime type descriptor at link-time address *addr*."""
+        off = self._runtime_type_addresses.get(addr)
+        if off is None:
+            off = self.types.runtime_type_index().get(addr)
+        return None if off is None else self.types.get(off)
+
+    # -- frames and code -----------------------------------------------------------------------------------
+    @cached_property
+    def frames(self) -> FrameTable:
+        return FrameTable(self.sections.frame)
+
+    def frame_rule(self, pc: int) -> FrameRule | None:
+        return self.frames.rule_at(pc)
+
+    @cached_property
+    def code(self):
+        from goprobe.dwarf.instructions import CodeInfo
+
+        return CodeInfo(self)
+
+    @cached_property
+    def runtime(self):
+        from goprobe.dwarf.runtime_layout import RuntimeLayout
+
+        return RuntimeLayout.read(self)
+
+    def location_at(self, fn: Function, name: str, pc: int) -> Location | None:
+        v = fn.variable(name)
+        return None if v is None else v.location_at(pc)
+
+
+def _index_types(unit: Unit, by_name: dict[str, int], by_rt: dict[int, int] | None) -> None:
+    """Index the unit's top-level type DIEs by name (and by runtime type address when *by_rt* is given)."""
+    data = unit.info
+    for off, ab in unit.top_level_scan():
+        if ab.tag not in _TYPE_TAGS:
+            continue
+        if by_rt is None and data[off] < 0x80 and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
+            # Go puts the name first: read it without decoding the other attributes (one-byte abbrev code).
+            end = data.index(0, off + 1)
+            by_name.setdefault(data[off + 1:end].decode("utf-8", "replace"), off)
+            continue
+        a = unit.die_at(off).attrs
+        name = a.get(C.AT_name)
+        if name:
+            by_name.setdefault(name, off)
+        rt = a.get(C.AT_go_runtime_type)
+        if rt and by_rt is not None:
+            by_rt.setdefault(rt, off)
+
+
+_TYPE_TAGS = frozenset({C.TAG_base_type, C.TAG_pointer_type, C.TAG_structure_type, C.TAG_array_type, C.TAG_typedef,
+                        C.TAG_subroutine_type, C.TAG_unspecified_type})
+
+
+def _walk_calls(calls: Iterable[InlinedCall]) -> Iterable[InlinedCall]:
+    for c in calls:
+        yield c
+        yield from _walk_calls(c.children)
+
+
+def _path_matches(path: str, want: str) -> bool:
+    if path == want:
+        return True
+    return path.endswith("/" + want.lstrip("/"))
+
+
+__all__ = ["GoBinary", "GlobalVariable", "SourceLocation", "DwarfFormatError"]

@@ -1,0 +1,221 @@
+"""Go's type model, read from DWARF type DIEs on demand.
+
+Types reference each other by DIE offset (Go types are often recursive); :class:`TypeTable` parses a type the
+first time it is asked for and keeps it. Go encodes several kinds as typedefs (interfaces, maps, channels,
+funcs, and named non-struct types); ``DW_AT_go_kind`` decides which.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from goprobe.dwarf import constants as C
+from goprobe.dwarf.expressions import member_offset
+from goprobe.errors import DwarfFormatError
+
+if TYPE_CHECKING:
+    from goprobe.dwarf.dies import Die, UnitTable
+
+SCALAR_KINDS = frozenset({
+    "bool", "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
+    "float32", "float64", "complex64", "complex128", "unsafe.Pointer",
+})
+
+
+@attrs.frozen(slots=True)
+class Field:
+    name: str
+    type_offset: int
+    offset: int
+    embedded: bool
+
+
+@attrs.frozen(slots=True)
+class GoType:
+    """One Go type. ``kind`` is the Go kind of the underlying type (``int``, ``struct``, ``map``, ...).
+
+    References to other types are DIE offsets; resolve them with the table (``table.get(off)``) or the
+    convenience properties.
+    """
+
+    offset: int
+    name: str
+    kind: str
+    size: int
+    runtime_type: int | None = None  # address of the runtime type descriptor (DW_AT_go_runtime_type)
+    elem_offset: int | None = None  # pointer/slice/array/chan elem, map value
+    key_offset: int | None = None  # map key
+    length: int | None = None  # array length
+    fields: tuple[Field, ...] = ()
+    impl_offset: int | None = None  # the runtime representation behind a typedef (iface/eface, map header, hchan)
+    empty_interface: bool = False
+    dict_index: int | None = None  # generic shape types: index into the dictionary
+    named: bool = False  # declared with a name (``type X ...``) rather than a type literal
+    table: TypeTable | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def elem(self) -> GoType | None:
+        return None if self.elem_offset is None else self._t().get(self.elem_offset)
+
+    @property
+    def key(self) -> GoType | None:
+        return None if self.key_offset is None else self._t().get(self.key_offset)
+
+    @property
+    def impl(self) -> GoType | None:
+        return None if self.impl_offset is None else self._t().get(self.impl_offset)
+
+    def field(self, name: str) -> Field | None:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        return None
+
+    def field_type(self, f: Field) -> GoType:
+        return self._t().get(f.type_offset)
+
+    def _t(self) -> TypeTable:
+        if self.table is None:
+            raise RuntimeError("type is detached from its table")
+        return self.table
+
+    def describe(self) -> str:
+        return self.name or self.kind
+
+
+class TypeTable:
+    """Lazily parsed Go types of one binary, by DIE offset; plus indexes built on first use."""
+
+    def __init__(self, units: UnitTable) -> None:
+        self._units = units
+        self._by_offset: dict[int, GoType] = {}
+        self._by_name: dict[str, int] | None = None
+        self._by_runtime_type: dict[int, int] | None = None
+
+    def get(self, offset: int) -> GoType:
+        t = self._by_offset.get(offset)
+        if t is None:
+            t = self._parse(self._units.die_at(offset))
+            self._by_offset[offset] = t
+        return t
+
+    def _parse(self, die: Die) -> GoType:
+        a = die.attrs
+        tag = die.tag
+        name = a.get(C.AT_name, "")
+        kind = C.GO_KINDS.get(a.get(C.AT_go_kind, 0) & 0x1F, "")
+        size = a.get(C.AT_byte_size, 0)
+        rtype = a.get(C.AT_go_runtime_type)
+        dict_index = a.get(C.AT_go_dict_index)
+        target = a.get(C.AT_type)
+        common = dict(offset=die.offset, name=name, size=size, runtime_type=rtype, dict_index=dict_index, table=self)
+        if tag == C.TAG_base_type:
+            return GoType(kind=kind or _base_kind(name), **common)
+        if tag == C.TAG_pointer_type:
+            if name == "unsafe.Pointer" or kind == "unsafe.Pointer" or target is None:
+                return GoType(kind="unsafe.Pointer", **{**common, "size": size or 8})
+            return GoType(kind="ptr", elem_offset=target, **{**common, "size": size or 8})
+        if tag == C.TAG_structure_type:
+            fields = []
+            for child in die.children():
+                if child.tag != C.TAG_member:
+                    continue
+                ca = child.attrs
+                fields.append(Field(
+                    name=ca.get(C.AT_name, ""),
+                    type_offset=ca.get(C.AT_type, 0),
+                    offset=member_offset(ca.get(C.AT_data_member_location, 0)),
+                    embedded=bool(ca.get(C.AT_go_embedded_field, 0)),
+                ))
+            elem = a.get(C.AT_go_elem)
+            k = kind or "struct"
+            named = k == "struct" and _is_named(name)
+            return GoType(kind=k, fields=tuple(fields), elem_offset=elem, named=named, **common)
+        if tag == C.TAG_array_type:
+            length = None
+            for child in die.children():
+                if child.tag == C.TAG_subrange_type:
+                    if C.AT_count in child.attrs:
+                        length = child.attrs[C.AT_count]
+                    elif C.AT_upper_bound in child.attrs:
+                        length = child.attrs[C.AT_upper_bound] + 1
+            return GoType(kind="array", elem_offset=target, length=length or 0, **common)
+        if tag == C.TAG_typedef:
+            if kind in ("interface", "map", "chan", "func"):
+                impl = self.get(target) if target is not None else None
+                empty = kind == "interface" and impl is not None and impl.name == "runtime.eface"
+                return GoType(kind=kind, impl_offset=target, elem_offset=a.get(C.AT_go_elem),
+                              key_offset=a.get(C.AT_go_key), empty_interface=empty,
+                              named=_is_named(name), **{**common, "size": size or (impl.size if impl else 8)})
+            if target is None:
+                return GoType(kind=kind or "unknown", **common)
+            under = self.get(target)
+            return attrs.evolve(under, offset=die.offset, name=name, named=True,
+                                runtime_type=rtype if rtype is not None else None,
+                                dict_index=dict_index if dict_index is not None else under.dict_index,
+                                impl_offset=under.impl_offset if under.impl_offset is not None else (
+                                    target if under.kind in ("interface", "map", "chan", "func") else None))
+        if tag == C.TAG_subroutine_type:
+            return GoType(kind="func", **{**common, "size": size or 8})
+        if tag == C.TAG_unspecified_type:
+            return GoType(kind=kind or "unspecified", **common)
+        raise DwarfFormatError(f"DIE at {die.offset:#x} (tag {tag:#x}) is not a type")
+
+    # -- indexes ------------------------------------------------------------------------------------
+    def set_name_index(self, index: dict[str, int]) -> None:
+        self._by_name = index
+
+    def set_runtime_type_index(self, index: dict[int, int]) -> None:
+        self._by_runtime_type = index
+
+    def name_index(self) -> dict[str, int]:
+        if self._by_name is None:
+            self._build_indexes()
+        assert self._by_name is not None
+        return self._by_name
+
+    def runtime_type_index(self) -> dict[int, int]:
+        if self._by_runtime_type is None:
+            self._build_indexes()
+        assert self._by_runtime_type is not None
+        return self._by_runtime_type
+
+    def by_name(self, name: str) -> GoType | None:
+        off = self.name_index().get(name)
+        return None if off is None else self.get(off)
+
+    def by_runtime_type(self, addr: int) -> GoType | None:
+        """The DWARF type whose runtime type descriptor is at *addr* (how interfaces reveal dynamic types)."""
+        off = self.runtime_type_index().get(addr)
+        return None if off is None else self.get(off)
+
+    def _build_indexes(self) -> None:
+        by_name: dict[str, int] = {}
+        by_rt: dict[int, int] = {}
+        type_tags = {C.TAG_base_type, C.TAG_pointer_type, C.TAG_structure_type, C.TAG_array_type, C.TAG_typedef,
+                     C.TAG_subroutine_type, C.TAG_unspecified_type}
+        for unit in self._units.units():
+            for off, ab in unit.top_level_scan():
+                if ab.tag not in type_tags:
+                    continue
+                die = unit.die_at(off)
+                name = die.attrs.get(C.AT_name)
+                if name:
+                    by_name.setdefault(name, off)
+                rt = die.attrs.get(C.AT_go_runtime_type)
+                if rt:
+                    by_rt.setdefault(rt, off)
+        self._by_name = by_name
+        self._by_runtime_type = by_rt
+
+
+def _base_kind(name: str) -> str:
+    return name if name in SCALAR_KINDS else "unknown"
+
+
+def _is_named(name: str) -> bool:
+    # Literal types start with a type constructor; named ones are qualified identifiers.
+    return bool(name) and not name.startswith(("*", "[", "map[", "chan ", "chan<-", "<-chan", "func(", "struct {",
+                                                 "interface {", "struct{", "interface{"))

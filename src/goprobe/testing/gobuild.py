@@ -1,0 +1,64 @@
+"""Build Go programs per toolchain version and build mode, cached by (version, mode, source hash).
+
+Modes: ``opt`` (the compiler's defaults: optimised, inlining on) and ``debug``
+(``-gcflags=all=-N -l``: no optimisation, no inlining, everything in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from goprobe.cache_dir import cache_dir
+from goprobe.testing.toolchains import ToolchainError, go_binary, go_env
+
+MODES: dict[str, tuple[str, ...]] = {
+    "opt": (),
+    "debug": ("-gcflags=all=-N -l",),
+}
+
+
+def source_hash(src: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(src)).encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(src: Path, version: str, mode: str = "opt", *, extra_flags: tuple[str, ...] = (),
+          name: str | None = None) -> Path:
+    """Build the Go main package in *src* with Go *version* in *mode*; return the cached binary's path."""
+    if mode not in MODES:
+        raise ValueError(f"unknown build mode {mode!r}; choose from {sorted(MODES)}")
+    src = Path(src).resolve()
+    flags = MODES[mode] + tuple(extra_flags)
+    key = hashlib.sha256("\0".join((source_hash(src), version, *flags)).encode()).hexdigest()[:16]
+    out_dir = cache_dir() / "builds"
+    out = out_dir / f"{name or src.name}-{version}-{mode}-{key}"
+    if out.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    go = go_binary(version)
+    env = go_env(version)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_out = Path(tmp) / "a.out"
+        cmd = [str(go), "build", "-o", str(tmp_out), *flags, "."]
+        proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ToolchainError(f"go {version} build of {src} ({mode}) failed:\n{proc.stderr[-4000:]}")
+        os.replace(tmp_out, out)
+    return out
+
+
+def go_tool(version: str, *args: str, cwd: Path | None = None, input: str | None = None) -> str:
+    """Run ``go tool ARGS`` of *version* and return its stdout (used as an independent oracle in tests)."""
+    proc = subprocess.run([str(go_binary(version)), "tool", *args], env=go_env(version), cwd=cwd,
+                          capture_output=True, text=True, input=input)
+    if proc.returncode != 0:
+        raise ToolchainError(f"go tool {' '.join(args)} failed: {proc.stderr[-2000:]}")
+    return proc.stdout
