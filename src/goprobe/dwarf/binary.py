@@ -175,6 +175,20 @@ class GoBinary:
         """Units whose package could define *name* (the package path is a prefix of a qualified name)."""
         return [off for off, pkg in self.unit_names().items() if pkg and name.startswith(pkg + ".")]
 
+    def _units_mentioning(self, name: str) -> list[int]:
+        """Units whose bytes contain *name* as a string: a cheap filter before indexing a unit's DIEs."""
+        data = self.sections.info
+        needle = name.encode() + b"\0"
+        starts = self.units.starts
+        found: list[int] = []
+        pos = data.find(needle)
+        while pos >= 0:
+            i = bisect.bisect_right(starts, pos) - 1
+            found.append(starts[i])
+            nxt = starts[i + 1] if i + 1 < len(starts) else len(data)
+            pos = data.find(needle, nxt)  # one hit per unit is enough
+        return found
+
     def _index_of_unit(self, unit_offset: int) -> dict[str, list[int]]:
         idx = self._unit_index.get(unit_offset)
         if idx is not None:
@@ -311,8 +325,8 @@ class GoBinary:
         return sorted(set(found))
 
     def abstract_function_offset(self, name: str) -> int | None:
-        """The abstract DIE of *name* if Go inlined it somewhere."""
-        for unit_off in self._units_for_symbol(name):
+        """The abstract DIE of *name* if Go inlined it somewhere (it lives in a unit that inlined it)."""
+        for unit_off in self._units_mentioning(name):
             for off in self._index_of_unit(unit_off).get(name, []):
                 die = self.die_at(off)
                 if die.tag == C.TAG_subprogram and C.AT_inline in die.attrs:

@@ -31,20 +31,24 @@ def source_hash(src: Path) -> str:
 
 
 def build(src: Path, version: str, mode: str = "opt", *, extra_flags: tuple[str, ...] = (),
-          name: str | None = None) -> Path:
-    """Build the Go main package in *src* with Go *version* in *mode*; return the cached binary's path."""
+          goarch: str = "amd64", name: str | None = None) -> Path:
+    """Build the Go main package in *src* with Go *version* in *mode*; return the cached binary's path.
+
+    *extra_flags* go to ``go build`` (e.g. ``-buildmode=pie``, ``-ldflags=-w``); *goarch* cross-compiles.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown build mode {mode!r}; choose from {sorted(MODES)}")
     src = Path(src).resolve()
     flags = MODES[mode] + tuple(extra_flags)
-    key = hashlib.sha256("\0".join((source_hash(src), version, *flags)).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join((source_hash(src), version, goarch, *flags)).encode()).hexdigest()[:16]
     out_dir = cache_dir() / "builds"
-    out = out_dir / f"{name or src.name}-{version}-{mode}-{key}"
+    out = out_dir / f"{name or src.name}-{version}-{mode}-{goarch}-{key}"
     if out.exists():
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
     go = go_binary(version)
     env = go_env(version)
+    env["GOARCH"] = goarch
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_out = Path(tmp) / "a.out"
         cmd = [str(go), "build", "-o", str(tmp_out), *flags, "."]

@@ -1,0 +1,162 @@
+"""Every way a file can be unusable gives a typed error that names the cause and the fix."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import build_fixture
+from goprobe import (
+    GoBinary,
+    NoDebugInfoError,
+    NotELFError,
+    NotGoBinaryError,
+    UnknownFunctionError,
+    UnknownTypeError,
+    UnknownVariableError,
+    UnsupportedArchitectureError,
+    UnsupportedGoVersionError,
+)
+from goprobe.errors import BinaryError, GoprobeError
+
+
+@pytest.fixture(scope="module")
+def tiny(request) -> Path:
+    from conftest import VERSIONS
+
+    return build_fixture("tiny", VERSIONS[-1], "opt")
+
+
+def test_not_elf(tmp_path):
+    p = tmp_path / "script.sh"
+    p.write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(NotELFError, match="not an ELF file"):
+        GoBinary(p)
+
+
+def test_missing_and_empty_and_directory(tmp_path):
+    with pytest.raises(NotELFError, match="no such file"):
+        GoBinary(tmp_path / "missing")
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(NotELFError, match="empty file"):
+        GoBinary(tmp_path / "empty")
+    with pytest.raises(NotELFError, match="directory"):
+        GoBinary(tmp_path)
+
+
+@given(st.binary(max_size=256))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+def test_arbitrary_bytes_give_a_typed_error(tmp_path, data):
+    p = tmp_path / "junk"
+    p.write_bytes(data)
+    with pytest.raises(BinaryError):
+        GoBinary(p, use_cache=False)
+
+
+@given(st.integers(min_value=0, max_value=4095), st.binary(min_size=1, max_size=8))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
+def test_corrupted_headers_give_a_typed_error_or_work(tmp_path, tiny, offset, junk):
+    """Damage in the ELF headers either still opens or raises a goprobe error — never anything else."""
+    data = bytearray(tiny.read_bytes())
+    data[offset:offset + len(junk)] = junk
+    p = tmp_path / "damaged"
+    p.write_bytes(bytes(data))
+    try:
+        b = GoBinary(p, use_cache=False)
+    except GoprobeError:
+        return
+    try:
+        b.function("main.sum")
+    except GoprobeError:
+        pass
+    finally:
+        b.close()
+
+
+def test_not_a_go_binary(tmp_path):
+    exe = Path(shutil.which("true") or "/bin/true")
+    with pytest.raises(NotGoBinaryError, match="not a Go binary"):
+        GoBinary(exe)
+
+
+def test_no_dwarf_when_built_with_w(newest_version):
+    p = build_fixture("tiny", newest_version, "opt", extra_flags=("-ldflags=-w",))
+    with pytest.raises(NoDebugInfoError, match="-w") as exc:
+        GoBinary(p)
+    assert "rebuild" in str(exc.value)
+
+
+def test_no_dwarf_when_stripped(newest_version, tmp_path):
+    p = build_fixture("tiny", newest_version, "opt", extra_flags=("-ldflags=-s -w",))
+    with pytest.raises(NoDebugInfoError, match="stripped"):
+        GoBinary(p)
+    if shutil.which("strip"):
+        copy = tmp_path / "stripped"
+        shutil.copy(build_fixture("tiny", newest_version, "opt"), copy)
+        subprocess.run(["strip", str(copy)], check=True)
+        with pytest.raises(NoDebugInfoError):
+            GoBinary(copy)
+
+
+def _patched(src: Path, dst: Path, old: bytes, new: bytes, after: bytes = b"") -> Path:
+    data = src.read_bytes()
+    start = data.index(after) if after else 0
+    at = data.index(old, start)
+    dst.write_bytes(data[:at] + new + data[at + len(old):])
+    return dst
+
+
+def test_go_too_old(tiny, tmp_path):
+    b = GoBinary(tiny)
+    version = b.go_version.encode()
+    b.close()
+    fake = (b"go1.20." + b"9" * 10)[:len(version)]
+    p = _patched(tiny, tmp_path / "old", version, fake, after=b"\xff Go buildinf:")
+    with pytest.raises(UnsupportedGoVersionError, match="Go 1.21 and newer"):
+        GoBinary(p)
+
+
+@pytest.mark.parametrize("machine,name", [(3, "EM_386"), (243, "RISC-V")])
+def test_unsupported_architecture(tiny, tmp_path, machine, name):
+    data = bytearray(tiny.read_bytes())
+    struct.pack_into("<H", data, 18, machine)
+    p = tmp_path / "other-arch"
+    p.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedArchitectureError, match="amd64 or arm64"):
+        GoBinary(p)
+
+
+def test_unknown_names_suggest_close_ones(tiny):
+    with GoBinary(tiny) as b:
+        with pytest.raises(UnknownFunctionError) as exc:
+            b.function("main.summ")
+        assert "main.sum" in exc.value.suggestions
+        with pytest.raises(UnknownFunctionError) as exc:
+            b.function("Add")
+        assert "main.(*Counter).Add" in exc.value.suggestions
+        with pytest.raises(UnknownVariableError) as exc:
+            b.global_variable("main.globl")
+        assert "main.global" in exc.value.suggestions
+        with pytest.raises(UnknownTypeError) as exc:
+            b.type_named("main.Countr")
+        assert "main.Counter" in exc.value.suggestions
+
+
+def test_cli_errors_exit_nonzero_without_traceback(tiny, tmp_path):
+    cases = [
+        ([str(tmp_path / "missing")], "no such file"),
+        ([shutil.which("true") or "/bin/true"], "not a Go binary"),
+        ([str(tiny), "main.nope"], "unknown function"),
+    ]
+    for args, needle in cases:
+        proc = subprocess.run([sys.executable, "-m", "goprobe.cli", "inspect", *args], capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stderr
+        assert needle in proc.stderr
+        assert "Traceback" not in proc.stderr
