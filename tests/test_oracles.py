@@ -13,7 +13,7 @@ from conftest import build_fixture
 from goprobe import GoBinary
 from goprobe.testing.gobuild import go_tool
 
-_TEXT = re.compile(r"^TEXT (\S+)\(SB\) (.*)$")
+_TEXT = re.compile(r"^TEXT (.+)\(SB\) (.*)$")
 _INSN = re.compile(r"^\s+(\S+):(\d+)\s+(0x[0-9a-f]+)\s+([0-9a-f]+)\s+(.*)$")
 
 

@@ -172,8 +172,18 @@ class GoBinary:
         return names
 
     def _units_for_symbol(self, name: str) -> list[int]:
-        """Units whose package could define *name* (the package path is a prefix of a qualified name)."""
-        return [off for off, pkg in self.unit_names().items() if pkg and name.startswith(pkg + ".")]
+        """Units whose package could define *name* (the package path is a prefix of a qualified name) and
+        whose bytes mention it (a concrete copy of an inlinable function is named only in its abstract DIE,
+        which may sit in another unit: for code, the unit covering the symbol's address is added)."""
+        mentioned = set(self._units_mentioning(name))
+        out = [off for off, pkg in self.unit_names().items()
+               if pkg and name.startswith(pkg + ".") and off in mentioned]
+        sym = self.elf.symbol(name)
+        if sym is not None and sym.kind == 2:  # STT_FUNC
+            unit = self.unit_for_pc(sym.value)
+            if unit is not None and unit.offset not in out:
+                out.insert(0, unit.offset)
+        return out
 
     def _units_mentioning(self, name: str) -> list[int]:
         """Units whose bytes contain *name* as a string: a cheap filter before indexing a unit's DIEs."""
@@ -197,9 +207,15 @@ class GoBinary:
         idx = self.cache.get(key)
         if idx is None:
             unit = self.units.unit(unit_offset)
+            data = unit.info
             idx = {}
             for off, ab in unit.top_level_scan():
                 if ab.tag in _TOP_LEVEL_TAGS:
+                    if data[off] < 0x80 and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
+                        # Go puts the name first: read it without decoding the other attributes.
+                        end = data.index(0, off + 1)
+                        idx.setdefault(data[off + 1:end].decode("utf-8", "replace"), []).append(off)
+                        continue
                     die = unit.die_at(off)
                     name = die.attrs.get(C.AT_name)
                     if not name and C.AT_abstract_origin in die.attrs:
@@ -282,7 +298,7 @@ class GoBinary:
 
     # -- functions -----------------------------------------------------------------------------------------
     def function_names(self) -> list[str]:
-        return [s.name for s in self.elf.function_symbols()]
+        return [name for _v, _s, name in self.elf._symbols[2]]
 
     def function(self, name: str) -> Function:
         """The out-of-line function called *name* (exact Go symbol name, e.g. ``main.(*Server).handle``).
@@ -312,7 +328,18 @@ class GoBinary:
         return [self._function_by_offset(off) for off in offsets]
 
     def _find_function_dies(self, name: str, prefix: bool = False) -> list[int]:
+        if prefix:
+            names = [n for n in self.function_names() if n.startswith(name)]
+        else:
+            names = [name]
         found = []
+        for n in names:
+            off = self._direct_function_die(n)
+            if off is not None:
+                found.append(off)
+        if found:
+            return sorted(set(found))
+        # Slow path (no symbol, or an unusual DIE shape): index the candidate units' top-level DIEs.
         for unit_off in self._units_for_symbol(name):
             idx = self._index_of_unit(unit_off)
             keys = [k for k in idx if k.startswith(name)] if prefix else [name] if name in idx else []
@@ -323,6 +350,61 @@ class GoBinary:
                     if die.tag == C.TAG_subprogram and (C.AT_low_pc in die.attrs or C.AT_ranges in die.attrs):
                         found.append(off)
         return sorted(set(found))
+
+    def _named_die_candidates(self, name: str, lo: int, hi: int) -> Iterable[Die]:
+        """DIEs in [lo, hi) whose first attribute is the inline string *name* (Go's layout for named DIEs).
+
+        Found with a byte search, so each hit is only a candidate: callers verify it (tag, and an address
+        from the symbol table) before trusting it.
+        """
+        data = self.sections.info
+        needle = name.encode() + b"\0"
+        pos = data.find(needle, lo + 1, hi)
+        while pos >= 0:
+            start = pos - 1
+            unit = self.units.unit_containing(start)
+            ab = unit.abbrevs.get(data[start])
+            if ab is not None and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
+                try:
+                    yield unit.die_at(start)
+                except DwarfFormatError:
+                    pass
+            pos = data.find(needle, pos + 1, hi)
+
+    def _direct_function_die(self, name: str) -> int | None:
+        """Find a function's concrete DIE without indexing units: the symbol gives its entry PC and unit."""
+        sym = self.elf.symbol(name)
+        if sym is None or sym.kind != 2:
+            return None
+        unit = self.unit_for_pc(sym.value)
+        if unit is None:
+            return None
+        abstracts = []
+        for die in self._named_die_candidates(name, 0, len(self.sections.info)):
+            if die.tag != C.TAG_subprogram:
+                continue
+            if die.attrs.get(C.AT_low_pc) == sym.value:
+                return die.offset
+            if C.AT_inline in die.attrs:
+                abstracts.append(die.offset)
+        # A concrete copy of an inlinable function names itself only through DW_AT_abstract_origin, which Go
+        # writes first: look for a reference to the abstract DIE inside the unit that covers the entry PC.
+        data = self.sections.info
+        for abstract in abstracts:
+            needle = abstract.to_bytes(unit.offset_size, "little")
+            pos = data.find(needle, unit.first_die, unit.end)
+            while pos >= 0:
+                ab = unit.abbrevs.get(data[pos - 1])
+                if ab is not None and ab.tag == C.TAG_subprogram and ab.specs and ab.specs[0][0] == C.AT_abstract_origin:
+                    try:
+                        die = unit.die_at(pos - 1)
+                    except DwarfFormatError:
+                        die = None
+                    if die is not None and die.attrs.get(C.AT_abstract_origin) == abstract \
+                            and die.attrs.get(C.AT_low_pc) == sym.value:
+                        return die.offset
+                pos = data.find(needle, pos + 1, unit.end)
+        return None
 
     def abstract_function_offset(self, name: str) -> int | None:
         """The abstract DIE of *name* if Go inlined it somewhere (it lives in a unit that inlined it)."""
@@ -395,17 +477,20 @@ class GoBinary:
     # -- globals ------------------------------------------------------------------------------------------
     def global_variable(self, name: str) -> GlobalVariable:
         """A package-level variable by qualified name (``main.config``, ``runtime.allgs``)."""
+        sym = self.elf.symbol(name)
+        if sym is not None:
+            # Fast path: a named DIE whose DW_OP_addr location is the symbol's address.
+            for die in self._named_die_candidates(name, 0, len(self.sections.info)):
+                if die.tag == C.TAG_variable:
+                    g = _global_from_die(name, die)
+                    if g is not None and g.address == sym.value:
+                        return g
         for unit_off in self._units_for_symbol(name):
             for off in self._index_of_unit(unit_off).get(name, []):
                 die = self.die_at(off)
-                if die.tag != C.TAG_variable:
-                    continue
-                loc = die.attrs.get(C.AT_location)
-                if isinstance(loc, (bytes, bytearray)):
-                    pieces = decode_location(loc, addr_size=die.unit.addr_size,
-                                             address_at_index=die.unit.address_at_index)
-                    if len(pieces) == 1 and pieces[0].kind == ADDRESS_MEMORY:
-                        return GlobalVariable(name, pieces[0].offset, die.attrs.get(C.AT_type, 0), off)
+                g = _global_from_die(name, die) if die.tag == C.TAG_variable else None
+                if g is not None:
+                    return g
         candidates = [s for s in self.elf.symbol_names() if "." in s]
         raise UnknownVariableError(name, candidates, "the binary's package variables")
 
@@ -422,8 +507,11 @@ class GoBinary:
     # -- types ---------------------------------------------------------------------------------------------
     @cached_property
     def types(self) -> TypeTable:
-        table = TypeTable(self.units)
-        return table
+        store = self.cache.get("types")
+        if store is None:
+            store = self.cache.put("types", {})
+        # The units table is built only if a type is missing from the store (it needs the DWARF bytes).
+        return TypeTable(_LazyUnits(self), store)
 
     def type_at(self, offset: int) -> GoType:
         return self.types.get(offset)
@@ -495,6 +583,28 @@ class GoBinary:
     def location_at(self, fn: Function, name: str, pc: int) -> Location | None:
         v = fn.variable(name)
         return None if v is None else v.location_at(pc)
+
+
+def _global_from_die(name: str, die: Die) -> GlobalVariable | None:
+    loc = die.attrs.get(C.AT_location)
+    if isinstance(loc, (bytes, bytearray)):
+        try:
+            pieces = decode_location(loc, addr_size=die.unit.addr_size, address_at_index=die.unit.address_at_index)
+        except DwarfFormatError:
+            return None
+        if len(pieces) == 1 and pieces[0].kind == ADDRESS_MEMORY:
+            return GlobalVariable(name, pieces[0].offset, die.attrs.get(C.AT_type, 0), die.offset)
+    return None
+
+
+class _LazyUnits:
+    """Stands in for the unit table until a DIE must really be read."""
+
+    def __init__(self, binary: GoBinary) -> None:
+        self._binary = binary
+
+    def __getattr__(self, name: str):
+        return getattr(self._binary.units, name)
 
 
 def _index_types(unit: Unit, by_name: dict[str, int], by_rt: dict[int, int] | None) -> None:

@@ -162,40 +162,42 @@ class ElfImage:
 
     # -- symbols --------------------------------------------------------------------------------------
     @cached_property
-    def _symbols(self) -> tuple[dict[str, Symbol], list[int], list[Symbol]]:
-        by_name: dict[str, Symbol] = {}
-        funcs: list[Symbol] = []
+    def _symbols(self) -> tuple[dict[str, tuple[int, int, int]], list[int], list[tuple[int, int, str]]]:
+        # Plain tuples: a large Go binary has tens of thousands of symbols and objects would dominate.
+        by_name: dict[str, tuple[int, int, int]] = {}
+        funcs: list[tuple[int, int, str]] = []
         symtab = self.section_data(".symtab")
         strtab = self.section_data(".strtab")
+        find = strtab.find
         for st_name, st_info, _other, shndx, value, size in struct.iter_unpack("<IBBHQQ", symtab):
             kind = st_info & 0xF
-            if kind not in (STT_FUNC, STT_OBJECT) or shndx == 0:
+            if (kind != STT_FUNC and kind != STT_OBJECT) or shndx == 0:
                 continue
-            end = strtab.find(b"\0", st_name)
-            name = strtab[st_name:end].decode("utf-8", "replace")
-            sym = Symbol(name, value, size, kind)
-            by_name.setdefault(name, sym)
+            name = strtab[st_name:find(b"\0", st_name)].decode("utf-8", "replace")
+            if name not in by_name:
+                by_name[name] = (value, size, kind)
             if kind == STT_FUNC:
-                funcs.append(sym)
-        funcs.sort(key=lambda s: s.value)
-        return by_name, [s.value for s in funcs], funcs
+                funcs.append((value, size, name))
+        funcs.sort()
+        return by_name, [f[0] for f in funcs], funcs
 
     def symbol(self, name: str) -> Symbol | None:
-        return self._symbols[0].get(name)
+        t = self._symbols[0].get(name)
+        return None if t is None else Symbol(name, *t)
 
     def symbol_names(self) -> list[str]:
         return list(self._symbols[0])
 
     def function_symbols(self) -> list[Symbol]:
-        return self._symbols[2]
+        return [Symbol(name, value, size, STT_FUNC) for value, size, name in self._symbols[2]]
 
     def function_symbol_at(self, pc: int) -> Symbol | None:
         _, starts, funcs = self._symbols
         i = bisect.bisect_right(starts, pc) - 1
         if i >= 0:
-            sym = funcs[i]
-            if pc < sym.value + max(sym.size, 1):
-                return sym
+            value, size, name = funcs[i]
+            if pc < value + max(size, 1):
+                return Symbol(name, value, size, STT_FUNC)
         return None
 
     # -- identity -------------------------------------------------------------------------------------

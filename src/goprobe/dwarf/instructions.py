@@ -11,23 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import attrs
-import capstone
+from functools import cached_property
+
+from goprobe.dwarf.code_facts import FunctionCode
 
 if TYPE_CHECKING:
     from goprobe.dwarf.binary import GoBinary
     from goprobe.dwarf.functions import Function
-
-
-@attrs.frozen(slots=True)
-class FunctionCode:
-    entry: int
-    end: int
-    prologue_end: int
-    returns: tuple[int, ...]
-    has_frame_pointer: bool
-    frame_size: int  # bytes the function reserves below its return address, frame pointer included
-    has_stack_check: bool
 
 
 _COND_JUMPS_AMD64 = {"jbe", "jna", "jb", "jae", "ja", "jl", "jle", "jg", "jge"}
@@ -36,11 +26,15 @@ _COND_JUMPS_AMD64 = {"jbe", "jna", "jb", "jae", "ja", "jl", "jle", "jg", "jge"}
 class CodeInfo:
     def __init__(self, binary: GoBinary) -> None:
         self._binary = binary
-        if binary.arch == "amd64":
-            self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        else:
-            self._cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         self._cache: dict[int, FunctionCode] = {}
+
+    @cached_property
+    def _cs(self):
+        import capstone  # heavy import: only when code must really be decoded (not on a cache hit)
+
+        if self._binary.arch == "amd64":
+            return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
 
     def instructions(self, low: int, high: int) -> list[tuple[int, int, str, str]]:
         """(address, size, mnemonic, operands) of every instruction in [low, high)."""

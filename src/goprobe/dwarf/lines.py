@@ -168,6 +168,11 @@ class LineProgram:
         append = rows.append
         opcode_base, line_base, line_range, mil = self.opcode_base, self.line_base, self.line_range, self.min_inst_length
         address, file, line, is_stmt, prologue_end = 0, 1, 1, self.default_is_stmt, False
+        # Go's linker sometimes starts a sequence (set_address) and emits its first row only after the
+        # prologue, leaving the first bytes without a row although pclntab maps them to the initial
+        # file/line. ``pending`` remembers the sequence start so that state can be recorded there.
+        pending: LineRow | None = None
+        seq_rows = 0
         while pos < end:
             op = data[pos]
             pos += 1
@@ -175,18 +180,32 @@ class LineProgram:
                 adj = op - opcode_base
                 address += (adj // line_range) * mil
                 line += line_base + adj % line_range
+                if pending is not None:
+                    if pending.address < address:
+                        append(pending)
+                    pending = None
                 append(LineRow(address, file, line, is_stmt, False, prologue_end))
                 prologue_end = False
             elif op == 0:  # extended
                 n, pos = _uleb(data, pos)
                 sub = data[pos]
                 if sub == 1:  # end_sequence
+                    if pending is not None and pending.address < address:
+                        append(pending)
+                    pending = None
                     append(LineRow(address, file, line, is_stmt, True, False))
                     address, file, line, is_stmt, prologue_end = 0, 1, 1, self.default_is_stmt, False
+                    seq_rows = len(rows)
                 elif sub == 2:  # set_address
                     (address,) = struct.unpack_from("<Q", data, pos + 1)
+                    if len(rows) == seq_rows:  # no row yet in this sequence
+                        pending = LineRow(address, file, line, is_stmt, False, False)
                 pos += n
             elif op == 1:  # copy
+                if pending is not None:
+                    if pending.address < address:
+                        append(pending)
+                    pending = None
                 append(LineRow(address, file, line, is_stmt, False, prologue_end))
                 prologue_end = False
             elif op == 2:  # advance_pc

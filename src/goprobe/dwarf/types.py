@@ -88,16 +88,23 @@ class GoType:
 class TypeTable:
     """Lazily parsed Go types of one binary, by DIE offset; plus indexes built on first use."""
 
-    def __init__(self, units: UnitTable) -> None:
+    def __init__(self, units: UnitTable, store: dict[int, GoType] | None = None) -> None:
         self._units = units
         self._by_offset: dict[int, GoType] = {}
+        # Persisted types (detached from any table) from the index cache; filled as types are parsed.
+        self._store = store if store is not None else {}
         self._by_name: dict[str, int] | None = None
         self._by_runtime_type: dict[int, int] | None = None
 
     def get(self, offset: int) -> GoType:
         t = self._by_offset.get(offset)
         if t is None:
-            t = self._parse(self._units.die_at(offset))
+            stored = self._store.get(offset)
+            if stored is not None:
+                t = attrs.evolve(stored, table=self)
+            else:
+                t = self._parse(self._units.die_at(offset))
+                self._store[offset] = attrs.evolve(t, table=None)
             self._by_offset[offset] = t
         return t
 
