@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import struct
 
+import attrs
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,6 +120,19 @@ def test_single_location_round_trip(spec, cfa_form):
 def test_stack_value_is_a_constant(v):
     got = E.decode_location(bytes([E.DW_OP_consts]) + sleb(v) + bytes([E.DW_OP_stack_value]))
     assert got == (E.Piece(E.IMPLICIT, value=(v & (2**64 - 1)).to_bytes(8, "little")),)
+
+
+@given(st.sampled_from([E.CFA_MEMORY, E.ADDRESS_MEMORY, E.REGISTER_MEMORY]), regs, offsets,
+       st.integers(min_value=0, max_value=4096))
+def test_indirect_locations(kind, reg, off, post):
+    if kind == E.ADDRESS_MEMORY:
+        off = abs(off)  # an address
+    expr = encode_piece(kind, reg, off, False) + bytes([E.DW_OP_deref])
+    if post:
+        expr += bytes([E.DW_OP_plus_uconst]) + uleb(post)
+    got = E.decode_location(expr)
+    want = attrs.evolve(expected_piece(kind, reg, off, None), indirect=True, post_offset=post)
+    assert got == (want,)
 
 
 def test_empty_expression_is_unavailable():

@@ -133,7 +133,7 @@ def render_function(r: dict[str, Any]) -> str:
         if not f["variables"]:
             out.append("  (no parameters or locals)")
         width = max((len(v["name"]) for v in f["variables"]), default=0)
-        twidth = max((len(v["type"]) for v in f["variables"]), default=0)
+        twidth = min(36, max((len(v["type"]) for v in f["variables"]), default=0))
         for v in f["variables"]:
             where = ", ".join(x["where"] for x in v["locations"][:2]) + (" …" if len(v["locations"]) > 2 else "")
             flags = (" (escaped to heap)" if v["escaped_to_heap"] else "") + (

@@ -96,7 +96,7 @@ class GoBinary:
         self.build_id = self.elf.go_build_id
         self.sections = DebugSections(self.elf.section_data)
         self.cache = IndexCache.open(self.elf.identity_key) if use_cache else IndexCache.disabled()
-        self._function_reader = FunctionReader(self.sections, self, self._file_name)
+        self._function_reader = FunctionReader(self.sections, self, self._file_name, self._file_at_pc)
         self._line_programs: dict[int, LineProgram] = {}
         self._unit_index: dict[int, dict[str, list[int]]] = {}
         self._functions: dict[int, Function] = {}
@@ -242,6 +242,12 @@ class GoBinary:
         prog = self.line_program(unit)
         return prog.file_name(index) if prog else "?"
 
+    def _file_at_pc(self, pc: int) -> str:
+        unit = self.unit_for_pc(pc)
+        prog = self.line_program(unit) if unit is not None else None
+        row = prog.row_for_pc(pc) if prog else None
+        return prog.file_name(row.file) if row else ""
+
     def source_at(self, pc: int) -> SourceLocation | None:
         """PC → function, file, line, and the inlined calls active there (innermost last)."""
         unit = self.unit_for_pc(pc)
@@ -321,7 +327,14 @@ class GoBinary:
         cached = self.cache.get(f"fn:{name}")
         if cached is not None:
             return [self._function_by_offset(off) for off in cached]
-        offsets = self._find_function_dies(name)
+        if "[...]" in name:  # how Go prints generic functions in stack traces and runtime.FuncForPC
+            offsets = []
+            for sym in self.function_names():
+                if _generic_match(name, sym):
+                    offsets.extend(self._find_function_dies(sym))
+            offsets = sorted(set(offsets))
+        else:
+            offsets = self._find_function_dies(name)
         if not offsets and "[" not in name:
             offsets = self._find_function_dies(name + "[", prefix=True)
         self.cache.put(f"fn:{name}", offsets)
@@ -629,6 +642,31 @@ def _index_types(unit: Unit, by_name: dict[str, int], by_rt: dict[int, int] | No
 
 _TYPE_TAGS = frozenset({C.TAG_base_type, C.TAG_pointer_type, C.TAG_structure_type, C.TAG_array_type, C.TAG_typedef,
                         C.TAG_subroutine_type, C.TAG_unspecified_type})
+
+
+def _generic_match(pattern: str, name: str) -> bool:
+    """Does *name* (``main.Pair[go.shape.string,int].Describe``) match *pattern* (``main.Pair[...].Describe``)?"""
+    parts = pattern.split("[...]")
+    pos = 0
+    for i, part in enumerate(parts):
+        if not name.startswith(part, pos):
+            return False
+        pos += len(part)
+        if i == len(parts) - 1:
+            return pos == len(name)
+        if pos >= len(name) or name[pos] != "[":
+            return False
+        depth = 0
+        while pos < len(name):  # skip one balanced [...] group
+            c = name[pos]
+            depth += c == "["
+            depth -= c == "]"
+            pos += 1
+            if depth == 0:
+                break
+        if depth:
+            return False
+    return True
 
 
 def _walk_calls(calls: Iterable[InlinedCall]) -> Iterable[InlinedCall]:

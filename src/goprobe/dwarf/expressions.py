@@ -53,11 +53,24 @@ class Piece:
     reg: int | None = None  # DWARF register number
     offset: int = 0
     value: bytes = b""
+    # Memory pieces only: the address computed above holds a pointer; the value is at pointer + post_offset.
+    indirect: bool = False
+    post_offset: int = 0
 
 
 Location = tuple[Piece, ...]
 
 UNAVAILABLE_LOCATION: Location = (Piece(UNAVAILABLE),)
+
+
+class _Deref:
+    """A memory location whose contents are the address of the value (``... DW_OP_deref``)."""
+
+    __slots__ = ("inner", "offset")
+
+    def __init__(self, inner: object, offset: int = 0) -> None:
+        self.inner = inner
+        self.offset = offset
 
 
 class _Cfa:
@@ -155,7 +168,10 @@ def decode_location(expr: bytes, *, addr_size: int = 8, address_at_index=None) -
             elif op == DW_OP_nop:
                 pass
             elif op == DW_OP_deref:
-                raise DwarfFormatError("DW_OP_deref in a location is not supported")
+                top = stack.pop()
+                if isinstance(top, _Deref):
+                    raise DwarfFormatError("double DW_OP_deref in a location is not supported")
+                stack.append(_Deref(top))
             else:
                 raise DwarfFormatError(f"unsupported DWARF location operation {op:#x}")
     except (IndexError, struct.error):
@@ -174,6 +190,8 @@ _CONST_FORMATS = {
 
 
 def _add(a: object, v: int) -> object:
+    if isinstance(a, _Deref):
+        return _Deref(a.inner, a.offset + v)
     if isinstance(a, _Cfa):
         return _Cfa(a.offset + v)
     if isinstance(a, tuple):
@@ -184,6 +202,8 @@ def _add(a: object, v: int) -> object:
 
 
 def _memory_piece(v: object) -> Piece:
+    if isinstance(v, _Deref):
+        return attrs.evolve(_memory_piece(v.inner), indirect=True, post_offset=v.offset)
     if isinstance(v, _Cfa):
         return Piece(CFA_MEMORY, offset=v.offset)
     if isinstance(v, tuple):
@@ -244,6 +264,8 @@ def describe(loc: Location) -> str:
             s = f"const {p.value.hex()}"
         else:
             s = "unavailable"
+        if p.indirect:
+            s = f"[{s}{p.post_offset:+d}]" if p.post_offset else f"[{s}]"
         if p.size is not None and len(loc) > 1:
             s += f"({p.size})"
         parts.append(s)

@@ -34,7 +34,7 @@ class Variable:
     locations: tuple[LocationRange, ...]  # where the value lives, per PC range; empty: never available
     decl_line: int | None = None
     scope: tuple[tuple[int, int], ...] | None = None  # PC ranges of the enclosing lexical block; None: whole function
-    escaped: bool = False  # Go moved it to the heap; the location holds its address ("&x" in DWARF)
+    escaped: bool = False  # Go moved it to the heap: the location holds the address of the value ("&x" in DWARF)
     closure_offset: int | None = None  # captured by a closure: offset inside the closure context
     die_offset: int = 0
 
@@ -122,10 +122,11 @@ class Function:
 class FunctionReader:
     """Builds :class:`Function` objects from subprogram DIEs of one binary."""
 
-    def __init__(self, secs: DebugSections, units, file_names) -> None:
+    def __init__(self, secs: DebugSections, units, file_names, file_at_pc) -> None:
         self._secs = secs
         self._units = units
         self._file_names = file_names  # (unit, index) -> path
+        self._file_at_pc = file_at_pc  # pc -> path (Go omits decl_file on abstract functions)
 
     def die_ranges(self, die: Die) -> tuple[tuple[int, int], ...]:
         a = die.attrs
@@ -178,7 +179,10 @@ class FunctionReader:
         entry = a.get(C.AT_low_pc, ranges[0][0] if ranges else 0)
         decl_src = abstract_die if abstract_die is not None else die
         decl_file_idx = decl_src.attrs.get(C.AT_decl_file)
-        decl_file = self._file_names(decl_src.unit, decl_file_idx) if decl_file_idx is not None else ""
+        if decl_file_idx is not None:
+            decl_file = self._file_names(decl_src.unit, decl_file_idx)
+        else:
+            decl_file = self._file_at_pc(entry) if ranges else ""
         variables, inlined = self._scope(die, ranges, None)
         return Function(
             name=name, entry=entry, ranges=ranges, die_offset=die.offset, decl_file=decl_file,
@@ -230,10 +234,14 @@ class FunctionReader:
         else:
             role = LOCAL
         escaped = name.startswith("&")
+        type_offset = src.get(C.AT_type, 0)
+        if escaped and type_offset:
+            # DWARF types "&x" as *T (its slot holds the heap address); the variable itself is a T.
+            type_offset = self._units.die_at(type_offset).attrs.get(C.AT_type, type_offset)
         return Variable(
             name=name[1:] if escaped else name,
             role=role,
-            type_offset=src.get(C.AT_type, 0),
+            type_offset=type_offset,
             locations=self.locations(die, ranges),
             decl_line=src.get(C.AT_decl_line),
             scope=scope,

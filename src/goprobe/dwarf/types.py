@@ -118,8 +118,8 @@ class TypeTable:
         dict_index = a.get(C.AT_go_dict_index)
         target = a.get(C.AT_type)
         common = dict(offset=die.offset, name=name, size=size, runtime_type=rtype, dict_index=dict_index, table=self)
-        if tag == C.TAG_base_type:
-            return GoType(kind=kind or _base_kind(name), **common)
+        if tag == C.TAG_base_type:  # Go also uses it for named basic types (``type Celsius float64``)
+            return GoType(kind=kind or _base_kind(name), named=_is_named(name), **common)
         if tag == C.TAG_pointer_type:
             if name == "unsafe.Pointer" or kind == "unsafe.Pointer" or target is None:
                 return GoType(kind="unsafe.Pointer", **{**common, "size": size or 8})
@@ -138,7 +138,7 @@ class TypeTable:
                 ))
             elem = a.get(C.AT_go_elem)
             k = kind or "struct"
-            named = k == "struct" and _is_named(name)
+            named = _is_named(name)
             return GoType(kind=k, fields=tuple(fields), elem_offset=elem, named=named, **common)
         if tag == C.TAG_array_type:
             length = None
@@ -223,6 +223,9 @@ def _base_kind(name: str) -> str:
 
 
 def _is_named(name: str) -> bool:
-    # Literal types start with a type constructor; named ones are qualified identifiers.
-    return bool(name) and not name.startswith(("*", "[", "map[", "chan ", "chan<-", "<-chan", "func(", "struct {",
-                                                 "interface {", "struct{", "interface{"))
+    """Declared types have qualified names (``main.Celsius``, ``time.Duration``) or are ``error``; literal
+    types start with a type constructor and predeclared basic types have no package."""
+    if not name or name.startswith(("*", "[", "map[", "chan ", "chan<-", "<-chan", "func(", "struct {",
+                                    "interface {", "struct{", "interface{")):
+        return False
+    return name == "error" or "." in name.split("[", 1)[0]
