@@ -53,8 +53,11 @@ def test_every_reported_variable_is_in_dwarf_with_its_type(go_version, build_mod
                 continue
             t = b.type_at(v.type_offset)
             if t.dict_index is not None:
-                # Shaped generic code: the real type comes from the dictionary at run time.
-                if not any(x.name == ".dict" for x in fn.variables):
+                # Shaped generic code: the real type comes from the dictionary at run time (optimised code
+                # may drop an unused dictionary; then the shape's layout is all there is).
+                if t.name and "go.shape." not in t.name:
+                    wrong_type.append((entry["func"], entry["name"], "not a shape", t.name))
+                if build_mode == "debug" and not any(x.name == ".dict" for x in fn.variables):
                     wrong_type.append((entry["func"], entry["name"], "no .dict for", t.name))
             elif go_type_string(t) != entry["type"]:
                 wrong_type.append((entry["func"], entry["name"], t.name, entry["type"]))
@@ -166,8 +169,12 @@ def test_generic_instantiations_and_dictionaries(go_version, build_mode):
         for fn in fns:
             assert fn.name.startswith("main.genericSum[")
             assert {"xs", "scale"} <= {v.name for v in fn.variables}
-            # Shaped generic code receives its dictionary as a hidden parameter.
-            assert any(v.name == ".dict" for v in fn.variables), fn.name
+            # Shaped generic code receives its dictionary as a hidden parameter (which optimised code before
+            # Go 1.27 drops from DWARF when the body does not use it).
+            if build_mode == "debug" or b.go_version_tuple >= (1, 27, 0):
+                assert any(v.name == ".dict" for v in fn.variables), fn.name
+            shaped = [b.type_at(v.type_offset) for v in fn.variables if v.name in ("xs", "scale")]
+            assert all(t.dict_index is not None for t in shaped), fn.name
         assert b.functions("main.Pair[...].Describe")
 
 

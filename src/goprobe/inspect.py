@@ -62,7 +62,8 @@ def _one_function(b: GoBinary, fn: Function) -> dict[str, Any]:
         variables.append({
             "name": v.name,
             "role": v.role,
-            "type": t.name or t.kind,
+            "type": (t.name or t.kind) + (f" (type parameter, dictionary entry {t.dict_index})"
+                                           if t.dict_index is not None else ""),
             "kind": t.kind,
             "size": t.size,
             "available": v.availability(fn.ranges, fn.entry),

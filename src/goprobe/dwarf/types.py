@@ -159,6 +159,10 @@ class TypeTable:
             if target is None:
                 return GoType(kind=kind or "unknown", **common)
             under = self.get(target)
+            if dict_index is not None:
+                # A type parameter of shaped generic code (DWARF names it ".paramN"): it has the shape's layout
+                # and its real type is entry `dict_index` of the function's dictionary.
+                return attrs.evolve(under, offset=die.offset, runtime_type=None, dict_index=dict_index)
             return attrs.evolve(under, offset=die.offset, name=name, named=True,
                                 runtime_type=rtype if rtype is not None else None,
                                 dict_index=dict_index if dict_index is not None else under.dict_index,
