@@ -95,7 +95,8 @@ def _line_span(b: GoBinary, fn: Function) -> list[int]:
     lines = []
     if prog is not None:
         for row in prog.rows:
-            if not row.end_sequence and fn.contains(row.address) and prog.file_name(row.file) == fn.decl_file:
+            if (not row.end_sequence and fn.contains(row.address) and prog.file_name(row.file) == fn.decl_file
+                    and not fn.inline_chain(row.address)):  # rows of inlined callees are not this function's
                 lines.append(row.line)
     if fn.decl_line:
         lines.append(fn.decl_line)

@@ -265,6 +265,25 @@ class GoBinary:
             chain = tuple((c.name, c.call_file, c.call_line) for c in calls)
         return SourceLocation(pc, fn.name if fn else "?", prog.file_name(row.file), row.line, chain)
 
+    def frames_at(self, pc: int) -> list[tuple[str, str, int]]:
+        """The logical frames at *pc*, innermost first: inlined calls, then the physical function.
+
+        Each is (function, file, line). For a return address pass ``pc - 1`` (the call instruction), as Go's
+        own tracebacks do.
+        """
+        src = self.source_at(pc)
+        if src is None:
+            return []
+        fn = self.function_at(pc)
+        calls = fn.inline_chain(pc) if fn is not None else []
+        frames = []
+        file, line = src.file, src.line
+        for call in reversed(calls):
+            frames.append((call.name, file, line))
+            file, line = call.call_file, call.call_line
+        frames.append((src.function, file, line))
+        return frames
+
     def pcs_for_line(self, file: str, line: int, *, statements_only: bool = True) -> list[int]:
         """Every PC where a statement of *file*:*line* begins, inlined copies included, sorted.
 

@@ -1,0 +1,3 @@
+module goprobe.example/demo
+
+go 1.21

@@ -1,0 +1,54 @@
+"""``make demo``: build the bundled demo Go service, start it, run goprobe on it, stop it.
+
+goprobe's main job today is reading what a running service's binary exposes: its identity, its functions and,
+for the functions a user would probe, every parameter and local with its Go type and where it can be read.
+(Snapshots and event streams of the running process build on this.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from goprobe.testing.gobuild import build
+
+HERE = Path(__file__).resolve().parent
+GO_VERSION = os.environ.get("GOPROBE_DEMO_GO", "1.27.3")
+FUNCTIONS = ["main.(*Server).handle", "main.(*Worker).run", "main.(*CacheHandler).Serve"]
+
+
+def goprobe(*args: str) -> None:
+    cmd = [sys.executable, "-m", "goprobe.cli", *args]
+    print(f"\n$ goprobe {' '.join(repr(a) if '(' in a else a for a in args)}", flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> int:
+    print(f"building the demo service with Go {GO_VERSION} ...", flush=True)
+    binary = build(HERE, GO_VERSION, "opt", name="demo-service")
+    service = subprocess.Popen([str(binary), "-duration", "120s"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = service.stdout.readline().strip()
+        print(f"demo service pid {service.pid}: {line}", flush=True)
+        time.sleep(0.5)  # let the load generator and workers get going
+        exe = f"/proc/{service.pid}/exe"  # what goprobe will attach to: the running process's binary
+        goprobe("inspect", exe)
+        for fn in FUNCTIONS:
+            goprobe("inspect", exe, fn)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+        print(f"\ndemo service stopped (exit code {service.returncode})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
