@@ -160,3 +160,57 @@ def test_cli_errors_exit_nonzero_without_traceback(tiny, tmp_path):
         assert proc.returncode == 1, proc.stderr
         assert needle in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@given(st.integers(min_value=0, max_value=0xFFFF).filter(lambda m: m not in (62, 183)))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40, deadline=None)
+def test_any_other_architecture_is_refused(tiny, tmp_path, machine):
+    data = bytearray(tiny.read_bytes())
+    struct.pack_into("<H", data, 18, machine)
+    p = tmp_path / "arch"
+    p.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedArchitectureError):
+        GoBinary(p, use_cache=False)
+
+
+def _with_version(tiny: Path, dst: Path, version: str) -> Path:
+    data = bytearray(tiny.read_bytes())
+    at = data.index(b"\xff Go buildinf:") + 32
+    raw = version.encode()
+    data[at:at + 1 + len(raw)] = bytes([len(raw)]) + raw
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@given(st.integers(min_value=0, max_value=40), st.integers(min_value=0, max_value=30))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40, deadline=None)
+def test_go_releases_before_1_21_are_refused(tiny, tmp_path, minor, patch):
+    p = _with_version(tiny, tmp_path / "v", f"go1.{minor}.{patch}")
+    if minor < 21:
+        with pytest.raises(UnsupportedGoVersionError, match=f"go1.{minor}.{patch}"):
+            GoBinary(p, use_cache=False)
+    else:
+        with GoBinary(p, use_cache=False) as b:
+            assert b.go_version == f"go1.{minor}.{patch}"
+
+
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz.()*[]/_0123456789", min_size=1, max_size=30)
+
+
+@given(_names)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
+def test_unknown_names_raise_lookup_errors_with_real_suggestions(tiny, name):
+    with GoBinary(tiny, use_cache=False) as b:
+        known_funcs = set(b.function_names())
+        if name in known_funcs:
+            return
+        try:
+            b.function(name)
+        except UnknownFunctionError as exc:
+            assert set(exc.suggestions) <= known_funcs
+            assert name in str(exc)
+        for lookup, err in ((b.global_variable, UnknownVariableError), (b.type_named, UnknownTypeError)):
+            try:
+                lookup(name)
+            except err as exc:
+                assert name in str(exc)

@@ -96,3 +96,9 @@ def test_parked_functions_and_their_variables_exist(go_version, build_mode):
             assert "i" in {v.name for v in b.function(name).variables}
         for name in ("main.blockChanRecv", "main.blockSelect", "main.blockMutex", "main.spin"):
             assert b.function(name).entry
+
+
+def test_ten_thousand_goroutines_mode(newest_version):
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary, ["-n", "10000"]) as proc:
+        assert proc.truth["idle_count"] == 10000

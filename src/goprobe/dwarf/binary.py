@@ -117,6 +117,11 @@ class GoBinary:
         return self.elf.is_pie
 
     @property
+    def segments(self):
+        """The PT_LOAD segments: how the file maps into memory (PIE binaries are relocated as a whole)."""
+        return self.elf.segments
+
+    @property
     def dwarf_version(self) -> int:
         v = self.cache.get("dwarf_version")
         if v is None:
