@@ -214,3 +214,52 @@ def test_unknown_names_raise_lookup_errors_with_real_suggestions(tiny, name):
                 lookup(name)
             except err as exc:
                 assert name in str(exc)
+
+
+@pytest.fixture(scope="module")
+def tiny_plain_dwarf() -> Path:
+    from conftest import VERSIONS
+
+    return build_fixture("tiny", VERSIONS[-1], "opt", extra_flags=("-ldflags=-compressdwarf=false",))
+
+
+@given(st.sampled_from([".debug_info", ".debug_line", ".debug_abbrev", ".debug_loclists", ".debug_frame",
+                        ".debug_rnglists", ".debug_addr"]),
+       st.floats(min_value=0, max_value=1), st.binary(min_size=1, max_size=16))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=80, deadline=None)
+def test_damaged_dwarf_gives_typed_errors_only(tiny_plain_dwarf, tmp_path, section, where, junk):
+    """Whatever bytes of a DWARF section are damaged, every query either answers or raises a goprobe error."""
+    from elftools.elf.elffile import ELFFile
+
+    data = bytearray(tiny_plain_dwarf.read_bytes())
+    with open(tiny_plain_dwarf, "rb") as fh:
+        sec = ELFFile(fh).get_section_by_name(section)
+        if sec is None:
+            return
+        start, size = sec["sh_offset"], sec["sh_size"]
+    at = start + int(where * max(0, size - len(junk)))
+    data[at:at + len(junk)] = junk
+    p = tmp_path / "damaged-dwarf"
+    p.write_bytes(bytes(data))
+    queries = [
+        lambda b: [b.type_at(v.type_offset) for v in b.function("main.sum").variables],
+        lambda b: b.function("main.(*Counter).Add").variables,
+        lambda b: b.source_at(b.function("main.sum").entry),
+        lambda b: b.frames_at(b.function("main.main").entry + 8),
+        lambda b: b.pcs_for_line("main.go", 24),
+        lambda b: b.global_variable("main.global"),
+        lambda b: b.frame_rule(b.function("main.sum").entry),
+        lambda b: b.runtime,
+        lambda b: b.type_named("main.Counter").fields,
+    ]
+    for q in queries:
+        try:
+            b = GoBinary(p, use_cache=False)
+        except GoprobeError:
+            return
+        try:
+            q(b)
+        except GoprobeError:
+            pass
+        finally:
+            b.close()

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from goprobe.dwarf import constants as C
+from goprobe.dwarf.leb128 import read_sleb, read_uleb
 from goprobe.errors import DwarfFormatError
 
 _U16 = struct.Struct("<H").unpack_from
@@ -38,32 +39,8 @@ _LEB_FORMS = {C.FORM_udata, C.FORM_sdata, C.FORM_ref_udata, C.FORM_strx, C.FORM_
               C.FORM_rnglistx}
 
 
-def read_uleb(data: bytes, pos: int) -> tuple[int, int]:
-    b = data[pos]
-    if b < 0x80:
-        return b, pos + 1
-    result = b & 0x7F
-    shift = 7
-    while True:
-        pos += 1
-        b = data[pos]
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos + 1
-        shift += 7
 
 
-def read_sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 @attrs.frozen(slots=True)

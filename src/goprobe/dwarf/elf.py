@@ -19,7 +19,7 @@ import attrs
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from goprobe.errors import NotELFError, NotGoBinaryError, UnsupportedArchitectureError
+from goprobe.errors import DwarfFormatError, NotELFError, NotGoBinaryError, UnsupportedArchitectureError
 
 SHF_COMPRESSED = 0x800
 PT_LOAD = 1
@@ -124,12 +124,15 @@ class ElfImage:
         raw = self._map[off:off + size]
         if sec["sh_flags"] & SHF_COMPRESSED:
             # Elf64_Chdr: ch_type (1 = zlib), reserved, ch_size, ch_addralign.
-            ch_type, _, ch_size, _ = struct.unpack_from("<IIQQ", raw, 0)
-            if ch_type != 1:
-                raise NotGoBinaryError(f"{self.path}: section {name} uses unknown compression {ch_type}")
-            data = zlib.decompress(raw[24:])
+            try:
+                ch_type, _, ch_size, _ = struct.unpack_from("<IIQQ", raw, 0)
+                if ch_type != 1:
+                    raise DwarfFormatError(f"{self.path}: section {name} uses unknown compression {ch_type}")
+                data = zlib.decompress(raw[24:])
+            except (struct.error, zlib.error) as exc:
+                raise DwarfFormatError(f"{self.path}: section {name} is corrupt ({exc}); the file is damaged") from None
             if len(data) != ch_size:
-                raise NotGoBinaryError(f"{self.path}: section {name} decompresses to the wrong size")
+                raise DwarfFormatError(f"{self.path}: section {name} decompresses to the wrong size; the file is damaged")
         else:
             data = raw
         self._data_cache[name] = data

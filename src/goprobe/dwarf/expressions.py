@@ -13,6 +13,7 @@ import struct
 
 import attrs
 
+from goprobe.dwarf.leb128 import read_sleb as _sleb, read_uleb as _uleb
 from goprobe.errors import DwarfFormatError
 
 # Piece kinds
@@ -222,28 +223,8 @@ def member_offset(value: object) -> int:
     raise DwarfFormatError(f"unsupported member location {value!r}")
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
 
 
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 def describe(loc: Location) -> str:

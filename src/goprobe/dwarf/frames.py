@@ -8,6 +8,7 @@ from functools import cached_property
 
 import attrs
 
+from goprobe.dwarf.leb128 import read_sleb as _sleb, read_uleb as _uleb
 from goprobe.errors import DwarfFormatError
 
 _CIE_ID_32 = 0xFFFFFFFF
@@ -36,28 +37,8 @@ class _Cie:
     initial: bytes
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
 
 
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 class FrameTable:
@@ -144,14 +125,14 @@ class FrameTable:
         if fde is None:
             return None
         lo, cie_off, instr, end, _hi = fde
-        cie = self._cie(cie_off)
         state = _State()
         try:
+            cie = self._cie(cie_off)
             _execute(cie.initial, 0, len(cie.initial), cie, state, None, None)
             initial = state.copy()
             _execute(self.data, instr, end, cie, state, (lo, pc), initial)
-        except (IndexError, struct.error):
-            raise DwarfFormatError(f"truncated CFI for pc {pc:#x}") from None
+        except (IndexError, struct.error, ValueError, KeyError):
+            raise DwarfFormatError(f"malformed CFI in .debug_frame for pc {pc:#x}") from None
         return FrameRule(state.cfa_reg, state.cfa_offset, tuple(sorted(state.saved.items())))
 
 

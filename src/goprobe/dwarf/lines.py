@@ -8,6 +8,7 @@ from functools import cached_property
 
 import attrs
 
+from goprobe.dwarf.leb128 import read_sleb as _sleb, read_uleb as _uleb
 from goprobe.errors import DwarfFormatError
 
 DW_LNCT_path = 1
@@ -24,28 +25,8 @@ class LineRow:
     prologue_end: bool
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
 
 
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 class LineProgram:

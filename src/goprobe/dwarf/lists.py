@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import attrs
 
+from goprobe.dwarf.leb128 import read_uleb as _uleb
 from goprobe.dwarf.expressions import Location, decode_location
 from goprobe.errors import DwarfFormatError
 
@@ -24,15 +25,6 @@ class LocationRange:
     location: Location
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
 
 
 def read_ranges_v4(data: bytes, offset: int, base: int) -> list[tuple[int, int]]:
