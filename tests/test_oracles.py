@@ -87,3 +87,30 @@ def test_addr2line_agrees_on_sampled_pcs(go_version):
             assert fn is not None and fn.name == func, hex(pc)
             compared += 1
         assert compared > 100
+
+
+def test_one_sequence_line_lookup_agrees_with_full_decoding(go_version):
+    """The per-sequence fast path (used for single PCs) gives the same rows as decoding whole programs."""
+    from goprobe.dwarf.lines import LineProgram
+
+    binary = build_fixture("kinds", go_version, "opt")
+    with GoBinary(binary, use_cache=False) as b:
+        compared = 0
+        for unit in list(b.units.units())[:40]:
+            off = unit.root.attrs.get(0x10)  # DW_AT_stmt_list
+            if off is None:
+                continue
+            fast = LineProgram(b.sections.line, off, b.sections.line_str, b.sections.str)
+            full = LineProgram(b.sections.line, off, b.sections.line_str, b.sections.str)
+            pcs = sorted({r.address + d for r in full.rows for d in (-1, 0, 1, 5)})
+            for pc in pcs[::3]:
+                assert fast.row_for_pc(pc) == full.row_for_pc(pc), hex(pc)
+                compared += 1
+        assert compared > 1000
+        # A function's entry is answered from its own sequence, without decoding the whole program.
+        for name in ("main.scalars", "main.maps", "main.main"):
+            fn = b.function(name)
+            off = b.units.unit(fn.unit_offset).root.attrs.get(0x10)
+            prog = LineProgram(b.sections.line, off, b.sections.line_str, b.sections.str)
+            assert prog.row_for_pc(fn.entry) is not None
+            assert "rows" not in prog.__dict__, name

@@ -141,9 +141,9 @@ class LineProgram:
         except (IndexError, struct.error):
             raise DwarfFormatError(f"truncated line program at .debug_line offset {self.offset:#x}") from None
 
-    def _run(self) -> list[LineRow]:
+    def _run(self, start: int | None = None, one_sequence: bool = False) -> list[LineRow]:
         data = self.data
-        pos = self.program_start
+        pos = self.program_start if start is None else start
         end = self.end
         rows: list[LineRow] = []
         append = rows.append
@@ -175,6 +175,9 @@ class LineProgram:
                         append(pending)
                     pending = None
                     append(LineRow(address, file, line, is_stmt, True, False))
+                    if one_sequence:
+                        self._sequence_end = pos + n
+                        return rows
                     address, file, line, is_stmt, prologue_end = 0, 1, 1, self.default_is_stmt, False
                     seq_rows = len(rows)
                 elif sub == 2:  # set_address
@@ -225,8 +228,75 @@ class LineProgram:
         ordered = sorted(self.rows, key=lambda r: (r.address, r.end_sequence))
         return [r.address for r in ordered], ordered
 
+    # -- one sequence at a time ------------------------------------------------------------------------
+    # Go emits one sequence per function, and a large unit has thousands. Looking up one PC decodes only
+    # the sequence that covers it: sequences are found by searching for "end_sequence; set_address" byte
+    # patterns, and every decoded sequence is checked (it must start with that set_address and end where
+    # expected); on any doubt the whole program is decoded instead.
+    _SEQ_BOUNDARY = b"\x00\x01\x01\x00\x09\x02"  # DW_LNE_end_sequence, then DW_LNE_set_address (8 bytes)
+
+    @cached_property
+    def _sequence_index(self) -> tuple[list[int], list[int]]:
+        """(first address, byte offset where the sequence starts) of each candidate sequence, sorted."""
+        data = self.data
+        starts = [self.program_start]
+        pos = data.find(self._SEQ_BOUNDARY, self.program_start, self.end)
+        while pos >= 0:
+            starts.append(pos + 3)
+            pos = data.find(self._SEQ_BOUNDARY, pos + 6, self.end)
+        entries = []
+        for st in starts:
+            if data[st:st + 3] == b"\x00\x09\x02" and st + 11 <= self.end:
+                entries.append((struct.unpack_from("<Q", data, st + 3)[0], st))
+            else:  # the first sequence may set its state before its address: decode it to learn the address
+                rows = self._sequence_rows(st, set(starts) | {self.end})
+                entries.append((rows[0].address if rows else -1, st))
+        entries.sort()
+        self._starts_set = set(starts) | {self.end}
+        return [e[0] for e in entries], [e[1] for e in entries]
+
+    def _sequence_rows(self, start: int, boundaries: set[int] | None = None) -> list[LineRow] | None:
+        cache = self.__dict__.setdefault("_seq_cache", {})
+        rows = cache.get(start)
+        if rows is None:
+            try:
+                rows = self._run(start, one_sequence=True)
+            except (IndexError, struct.error):
+                return None
+            # A real sequence ends exactly where the next one (or the program) starts.
+            if not rows or not rows[-1].end_sequence or self._sequence_end not in (boundaries or self._starts_set):
+                return None
+            cache[start] = rows
+        return rows
+
+    def _row_in_sequence(self, pc: int) -> LineRow | None | bool:
+        """The row covering *pc* from its own sequence; False when the fast path cannot decide."""
+        addrs, starts = self._sequence_index
+        if addrs and addrs[0] < 0:
+            return False  # a sequence whose start could not be decoded
+        i = bisect.bisect_right(addrs, pc) - 1
+        if i < 0:
+            return None  # below every sequence (sequences never overlap in Go binaries)
+        rows = self._sequence_rows(starts[i])
+        if rows is None or rows[0].address != addrs[i]:
+            return False
+        if pc >= rows[-1].address:
+            # Past this sequence: a gap, or a sequence that jumps over others with set_address. Decide
+            # with the whole program.
+            return False
+        best = None
+        for r in rows:
+            if r.address > pc:
+                break
+            best = r
+        return best
+
     def row_for_pc(self, pc: int) -> LineRow | None:
         """The row that covers *pc* (the last row at or before it, if not past an end of sequence)."""
+        if "rows" not in self.__dict__:
+            found = self._row_in_sequence(pc)
+            if found is not False:
+                return found
         addrs, ordered = self._sorted
         i = bisect.bisect_right(addrs, pc) - 1
         while i >= 0 and ordered[i].end_sequence and ordered[i].address <= pc:
