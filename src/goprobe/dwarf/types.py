@@ -44,7 +44,7 @@ class GoType:
     name: str
     kind: str
     size: int
-    runtime_type: int | None = None  # address of the runtime type descriptor (DW_AT_go_runtime_type)
+    runtime_type: int | None = None  # runtime type descriptor, as an offset from moduledata.types (DW_AT_go_runtime_type)
     elem_offset: int | None = None  # pointer/slice/array/chan elem, map value
     key_offset: int | None = None  # map key
     length: int | None = None  # array length

@@ -1,0 +1,258 @@
+"""Runs a :class:`~goprobe.ir.snapshot.SnapshotPlan` against a stopped process's memory and threads.
+
+Only memory reading happens here (it is what the target's pause must cover); the result is raw: goroutine
+fields, frame PCs, and value-stream bytes per captured variable. ``goprobe.snapshot`` decodes and
+symbolises it after the process runs again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from goprobe.backends.interpreter.values import ValueEncoder, RuntimeTypeInfo
+from goprobe.dwarf import expressions as E
+from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
+
+if TYPE_CHECKING:
+    from goprobe.dwarf.binary import GoBinary
+
+_U64 = struct.Struct("<Q")
+RSP, RBP, RIP = 7, 6, 16
+
+# DWARF register number → name in a ThreadState's regs (amd64).
+_REG_NAMES = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp", 8: "r8", 9: "r9",
+              10: "r10", 11: "r11", 12: "r12", 13: "r13", 14: "r14", 15: "r15", 16: "rip"}
+
+_STOP_FUNCTIONS = frozenset({"runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.rt0_go",
+                             "runtime.systemstack_switch"})
+
+
+@attrs.frozen(slots=True)
+class RawCapture:
+    label: str
+    type: int | None
+    data: bytes | None  # value stream of one value; None with `unavailable`
+    unavailable: str | None = None
+
+
+@attrs.frozen(slots=True)
+class RawFrame:
+    pc: int
+    sp: int
+    top: bool  # registers are exact here (the goroutine is running on a thread); else a caller frame
+    captures: tuple[tuple[str, bool, tuple[RawCapture, ...]], ...]  # (function, inlined, captures) per plan hit
+
+
+@attrs.frozen(slots=True)
+class RawGoroutine:
+    goid: int
+    status: int
+    wait_reason: int
+    tid: int | None
+    frames: tuple[RawFrame, ...]
+    truncated: bool
+
+
+@attrs.frozen(slots=True)
+class RawSnapshot:
+    goroutines: tuple[RawGoroutine, ...]
+    errors: tuple[str, ...]
+
+
+class SnapshotInterpreter:
+    def __init__(self, plan: SnapshotPlan, binary: GoBinary, memory, threads: Sequence, limits) -> None:
+        self.plan = plan
+        self.b = binary
+        self.mem = memory
+        self.threads = {t.tid: t for t in threads}
+        self.limits = limits
+        self.rt = RuntimeTypeInfo(binary.runtime)
+        self._frame_plans = sorted(((lo, hi, fp) for fp in plan.frames for lo, hi in fp.ranges),
+                                   key=lambda x: x[0])
+
+    def run(self) -> RawSnapshot:
+        gl = self.plan.goroutines
+        errors: list[str] = []
+        raw = self.mem.read(gl.allglen, 8)
+        hdr = self.mem.read(gl.allgs, 8)
+        if raw is None or hdr is None:
+            return RawSnapshot((), ("cannot read the goroutine list (runtime.allgs)",))
+        n = min(_U64.unpack(raw)[0], self.plan.max_goroutines)
+        arr = self.mem.read(_U64.unpack(hdr)[0], 8 * n) if n else b""
+        if arr is None:
+            return RawSnapshot((), ("cannot read the goroutine list (runtime.allgs)",))
+        by_thread = self._thread_goroutines()
+        out = []
+        for (gp,) in struct.iter_unpack("<Q", arr):
+            g = self.mem.read(gp, gl.g_size) if gp else None
+            if g is None:
+                continue
+            status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
+            if status in (G_DEAD, 0):
+                continue
+            rg = self._goroutine(gp, g, status, by_thread)
+            if self.plan.goroutine_filter is not None and not any(
+                    lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in self.plan.goroutine_filter):
+                continue
+            out.append(rg)
+        return RawSnapshot(tuple(out), tuple(errors))
+
+    # -- goroutines -------------------------------------------------------------------------------------
+    def _thread_goroutines(self) -> dict[int, object]:
+        """g address → the thread currently running it (from the thread-local g slot at fs_base-8)."""
+        out = {}
+        for t in self.threads.values():
+            fs = t.regs.get("fs_base", 0)
+            raw = self.mem.read(fs - 8, 8) if fs else None
+            if raw:
+                out[_U64.unpack(raw)[0]] = t
+        return out
+
+    def _goroutine(self, gp: int, g: bytes, status: int, by_thread) -> RawGoroutine:
+        gl = self.plan.goroutines
+        u64 = lambda off: _U64.unpack_from(g, off)[0]  # noqa: E731
+        goid = u64(gl.goid)
+        thread = by_thread.get(gp)
+        regs = None
+        if thread is not None:
+            r = thread.regs
+            pc, sp, bp = r["rip"], r["rsp"], r["rbp"]
+            regs = r
+        elif status == 3 and u64(gl.syscall_sp):  # in a system call: where it entered it
+            pc, sp, bp = u64(gl.syscall_pc), u64(gl.syscall_sp), u64(gl.sched_bp)
+        else:
+            pc, sp, bp = u64(gl.sched_pc), u64(gl.sched_sp), u64(gl.sched_bp)
+        frames, truncated = self._unwind(pc, sp, bp, regs)
+        tid = thread.tid if thread is not None else None
+        return RawGoroutine(goid, status, g[gl.waitreason], tid, tuple(frames), truncated)
+
+    def _unwind(self, pc: int, sp: int, bp: int, regs) -> tuple[list[RawFrame], bool]:
+        frames: list[RawFrame] = []
+        b = self.b
+        top = regs is not None
+        for _ in range(self.plan.max_frames):
+            if pc == 0:
+                return frames, False
+            lookup = pc if (top or not frames) else pc - 1  # a return address: its call is at pc-1
+            rule = b.frame_rule(lookup)
+            cfa = None
+            if rule is not None and rule.cfa_reg == RSP:
+                cfa = sp + rule.cfa_offset
+            elif rule is not None and rule.cfa_reg == RBP:
+                cfa = bp + rule.cfa_offset
+            elif bp:
+                cfa = bp + 16  # no CFI: frame pointer chain
+            frames.append(RawFrame(pc, sp, top, self._captures(lookup, cfa, regs if top else None)))
+            sym = b.elf.function_symbol_at(lookup)
+            if sym is None or sym.name in _STOP_FUNCTIONS or cfa is None:
+                return frames, False
+            ret = self.mem.read(cfa - 8, 8)
+            if ret is None:
+                return frames, False
+            saved_bp = self.mem.read(cfa - 16, 8)
+            pc = _U64.unpack(ret)[0]
+            if saved_bp is not None and rule is not None and rule.cfa_offset > 8:
+                bp = _U64.unpack(saved_bp)[0]
+            sp = cfa
+            top = False
+            regs = None
+        return frames, True
+
+    # -- captures ---------------------------------------------------------------------------------------
+    def _captures(self, pc: int, cfa: int | None, regs) -> tuple[tuple[str, bool, tuple[RawCapture, ...]], ...]:
+        hits = []
+        for lo, hi, fp in self._frame_plans:
+            if lo > pc:
+                break
+            if pc < hi:
+                hits.append((fp.function, fp.inlined, self._capture_frame(fp, pc, cfa, regs)))
+        return tuple(hits)
+
+    def _capture_frame(self, fp: FramePlan, pc: int, cfa: int | None, regs) -> tuple[RawCapture, ...]:
+        out: list[RawCapture] = []
+        done: set[str] = set()
+        for cap in fp.captures:
+            if cap.label in done:
+                continue
+            if cap.type is None:
+                out.append(RawCapture(cap.label, None, None, cap.missing))
+                done.add(cap.label)
+                continue
+            loc = None
+            for r in cap.locations:
+                if r.low <= pc < r.high:
+                    loc = r.location
+                    break
+            if loc is None:
+                continue  # another same-named variable (another scope) may cover this PC
+            done.add(cap.label)
+            out.append(self._capture(cap, loc, cfa, regs))
+        for cap in fp.captures:
+            if cap.label not in done:
+                done.add(cap.label)
+                out.append(RawCapture(cap.label, cap.type, None, "not available at this PC (optimised away "
+                                      "or out of scope)"))
+        return tuple(out)
+
+    def _capture(self, cap, loc: E.Location, cfa: int | None, regs) -> RawCapture:
+        size = self.plan.types[cap.type].size if not cap.escaped else 8
+        data = bytearray()
+        for piece in loc:
+            want = piece.size if piece.size is not None else size
+            got, why = self._piece(piece, want, cfa, regs)
+            if got is None:
+                return RawCapture(cap.label, cap.type, None, why)
+            data += got
+        enc = ValueEncoder(self.plan.types, self.mem, self.limits, self.rt)
+        enc.begin_value()
+        if cap.escaped:
+            enc.value_at(cap.type, _U64.unpack_from(bytes(data).ljust(8, b"\0"))[0])
+        else:
+            enc.value_from_bytes(cap.type, bytes(data).ljust(self.plan.types[cap.type].size, b"\0"))
+        return RawCapture(cap.label, cap.type, bytes(enc.out))
+
+    def _piece(self, p: E.Piece, size: int, cfa: int | None, regs) -> tuple[bytes | None, str]:
+        if p.kind == E.UNAVAILABLE:
+            return None, "optimised away at this PC"
+        if p.kind == E.IMPLICIT:
+            return p.value[:size].ljust(size, b"\0"), ""
+        if p.kind == E.REGISTER:
+            if regs is None:
+                return None, "held in a register, which Go does not preserve across calls"
+            name = _REG_NAMES.get(p.reg)
+            if name is None or name not in regs:
+                return None, f"held in register {p.reg}, which is not captured"
+            return (regs[name] & (2**64 - 1)).to_bytes(8, "little")[:size], ""
+        if p.kind == E.CFA_MEMORY:
+            if cfa is None:
+                return None, "frame address unknown"
+            addr = cfa + p.offset
+        elif p.kind == E.ADDRESS_MEMORY:
+            addr = p.offset
+        elif p.kind == E.REGISTER_MEMORY:
+            name = _REG_NAMES.get(p.reg)
+            if regs is None or name not in regs:
+                return None, "address held in a register that is not preserved"
+            addr = regs[name] + p.offset
+        else:
+            return None, f"unsupported location {p.kind}"
+        if p.indirect:
+            raw = self.mem.read(addr, 8)
+            if raw is None:
+                return None, f"memory at {addr:#x} is not readable"
+            addr = _U64.unpack(raw)[0] + p.post_offset
+        data = self.mem.read(addr, size)
+        if data is None:
+            return None, f"memory at {addr:#x} is not readable"
+        return data, ""
+
+
+def run_snapshot(plan: SnapshotPlan, binary: GoBinary, memory, threads: Sequence, limits) -> RawSnapshot:
+    return SnapshotInterpreter(plan, binary, memory, threads, limits).run()
+
+
+__all__ = ["RawSnapshot", "RawGoroutine", "RawFrame", "RawCapture", "run_snapshot"]

@@ -1,0 +1,375 @@
+"""Executes value shapes (``goprobe.ir.values``) against a memory source and writes the raw value stream.
+
+The stream format is documented in ``docs/value-stream.md``; ``goprobe.decoder`` reads it back with the
+same type table. Every read is bounded by the limits; unreadable memory becomes a marked value.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol
+
+from goprobe.ir import values as V
+
+# Status byte that starts every value.
+OK = 0
+UNREADABLE = 1  # followed by u64 address
+BUDGET = 2  # the snapshot's output budget ran out
+
+# Pointer kinds.
+PTR_NIL, PTR_FOLLOWED, PTR_SEEN, PTR_DEPTH, PTR_OPAQUE = 0, 1, 2, 3, 4
+UNKNOWN_TYPE = 0xFFFFFFFF
+NO_PAYLOAD = 0xFFFFFFFF  # a string/slice whose payload could not be read
+
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+MAX_BUCKETS = 1 << 16  # bound on bucket/group visits per map
+MAX_CHAIN = 1 << 10  # bound on overflow chains and wait queues
+
+
+class Memory(Protocol):
+    def read(self, addr: int, size: int) -> bytes | None: ...
+
+
+class Limits(Protocol):
+    string_bytes: int
+    collection_bytes: int
+    min_elements: int
+    map_entries: int
+    pointer_depth: int
+    total_output_bytes: int
+
+
+class RuntimeTypeInfo:
+    """What the encoder must know about runtime type descriptors (from the runtime layout)."""
+
+    def __init__(self, layout, bias: int = 0) -> None:
+        t = layout["type"]
+        self.kind_off = t.offset("Kind_")
+        self.tflag_off = t.offset("TFlag")
+        self.str_off = t.offset("Str")
+        self.itab_type_off = layout["itab"].offset("Type")
+        self.direct_where, self.direct_mask = layout.direct_iface
+        self.bias = bias  # runtime address - link-time address (PIE)
+        self.types_base: int | None = None  # moduledata.types at run time, for type names
+        self.types_base_addr = layout.firstmoduledata + bias + layout["moduledata"].offset("types")
+
+
+class ValueEncoder:
+    def __init__(self, table: V.TypeTable, memory: Memory, limits: Limits, rt: RuntimeTypeInfo) -> None:
+        self.table = table
+        self.mem = memory
+        self.limits = limits
+        self.rt = rt
+        self.out = bytearray()
+        self._seen: dict[int, int] = {}
+
+    # -- entry points -----------------------------------------------------------------------------------
+    def begin_value(self) -> None:
+        """Start a new top-level value: pointer de-duplication is per value."""
+        self._seen = {}
+
+    def value_at(self, tid: V.TypeId, addr: int, depth: int = 0) -> None:
+        entry = self.table[tid]
+        if self._over_budget():
+            return
+        data = self.mem.read(addr, entry.size) if entry.size else b""
+        if data is None:
+            self.out.append(UNREADABLE)
+            self.out += _U64.pack(addr)
+            return
+        self.value_from_bytes(tid, data, depth)
+
+    def value_from_bytes(self, tid: V.TypeId, data: bytes, depth: int = 0) -> None:
+        if self._over_budget():
+            return
+        out = self.out
+        out.append(OK)
+        shape = self.table[tid].shape
+        if isinstance(shape, V.Scalar):
+            out += data[:shape.size]
+        elif isinstance(shape, V.String):
+            self._string(data)
+        elif isinstance(shape, V.Struct):
+            for f in shape.fields:
+                size = self.table[f.type].size
+                self.value_from_bytes(f.type, data[f.offset:f.offset + size], depth)
+        elif isinstance(shape, V.Pointer):
+            self._pointer(shape, _U64.unpack_from(data)[0], depth)
+        elif isinstance(shape, V.Slice):
+            ptr, length, cap = struct.unpack_from("<QQQ", data)
+            out += struct.pack("<QQQ", ptr, length, cap)
+            self._elements(shape.elem, shape.elem_size, ptr, length, depth)
+        elif isinstance(shape, V.Array):
+            n = self._count(shape.length, shape.elem_size)
+            out += struct.pack("<I", n)
+            size = shape.elem_size
+            for i in range(n):
+                self.value_from_bytes(shape.elem, data[i * size:(i + 1) * size], depth)
+        elif isinstance(shape, V.Interface):
+            self._interface(shape, data, depth)
+        elif isinstance(shape, V.SwissMap):
+            self._swiss_map(shape, _U64.unpack_from(data)[0], depth)
+        elif isinstance(shape, V.ClassicMap):
+            self._classic_map(shape, _U64.unpack_from(data)[0], depth)
+        elif isinstance(shape, V.Chan):
+            self._chan(shape, _U64.unpack_from(data)[0], depth)
+        elif isinstance(shape, V.Func):
+            fv = _U64.unpack_from(data)[0]
+            pc = 0
+            if fv:
+                raw = self.mem.read(fv, 8)
+                pc = _U64.unpack(raw)[0] if raw else 0
+            out += struct.pack("<QQ", fv, pc)
+        else:  # Opaque: raw bytes
+            out += struct.pack("<I", len(data)) + data
+
+    # -- kinds ------------------------------------------------------------------------------------------
+    def _over_budget(self) -> bool:
+        if len(self.out) >= self.limits.total_output_bytes:
+            self.out.append(BUDGET)
+            return True
+        return False
+
+    def _count(self, length: int, elem_size: int) -> int:
+        """How many elements of a collection to capture: the byte budget, but at least min_elements."""
+        by_bytes = self.limits.collection_bytes // elem_size if elem_size else length
+        return max(0, min(length, max(self.limits.min_elements, by_bytes)))
+
+    def _string(self, data: bytes) -> None:
+        ptr, length = struct.unpack_from("<QQ", data)
+        n = min(length, self.limits.string_bytes) if length < (1 << 40) else 0
+        payload = self.mem.read(ptr, n) if n else b""
+        self.out += struct.pack("<QQ", ptr, length)
+        if payload is None:
+            self.out += struct.pack("<I", NO_PAYLOAD)
+        else:
+            self.out += struct.pack("<I", len(payload)) + payload
+
+    def _elements(self, elem: V.TypeId, size: int, ptr: int, length: int, depth: int) -> None:
+        n = self._count(length, size) if length < (1 << 40) else 0
+        raw = self.mem.read(ptr, n * size) if n * size else b""
+        if raw is None:
+            self.out += struct.pack("<I", NO_PAYLOAD)
+            return
+        self.out += struct.pack("<I", n)
+        for i in range(n):
+            self.value_from_bytes(elem, raw[i * size:(i + 1) * size], depth)
+
+    def _pointer(self, shape: V.Pointer, addr: int, depth: int) -> None:
+        out = self.out
+        out += _U64.pack(addr)
+        if addr == 0:
+            out.append(PTR_NIL)
+        elif shape.elem is None:
+            out.append(PTR_OPAQUE)
+        elif addr in self._seen:
+            out.append(PTR_SEEN)
+        elif depth >= self.limits.pointer_depth:
+            out.append(PTR_DEPTH)
+        else:
+            self._seen[addr] = len(self._seen)
+            out.append(PTR_FOLLOWED)
+            self.value_at(shape.elem, addr, depth + 1)
+
+    def _interface(self, shape: V.Interface, data: bytes, depth: int) -> None:
+        word0, word1 = struct.unpack_from("<QQ", data)
+        out = self.out
+        typ = word0
+        if not shape.empty and word0:
+            raw = self.mem.read(word0 + self.rt.itab_type_off, 8)
+            typ = _U64.unpack(raw)[0] if raw else 0
+        out += struct.pack("<QQ", typ, word1)
+        if typ == 0:
+            out += struct.pack("<I", UNKNOWN_TYPE)
+            out.append(0)  # no name
+            return
+        # DWARF's DW_AT_go_runtime_type is an offset from moduledata.types (the type section's start).
+        tid = self.table.by_runtime_type.get(typ - self._types_base())
+        if tid is None:
+            out += struct.pack("<I", UNKNOWN_TYPE)
+            name = self._runtime_type_name(typ) or b""
+            out.append(min(len(name), 255))
+            out += name[:255]
+            return
+        out += struct.pack("<I", tid)
+        if self._is_direct(typ):
+            self.value_from_bytes(tid, _U64.pack(word1) + b"\0" * max(0, self.table[tid].size - 8), depth)
+        else:
+            self.value_at(tid, word1, depth)
+
+    def _is_direct(self, typ: int) -> bool:
+        rt = self.rt
+        off = rt.tflag_off if rt.direct_where == "tflag" else rt.kind_off
+        raw = self.mem.read(typ + off, 1)
+        return bool(raw and raw[0] & rt.direct_mask)
+
+    def _types_base(self) -> int:
+        rt = self.rt
+        if rt.types_base is None:
+            raw = self.mem.read(rt.types_base_addr, 8)
+            rt.types_base = _U64.unpack(raw)[0] if raw else 0
+        return rt.types_base
+
+    def _runtime_type_name(self, typ: int) -> bytes | None:
+        """The type's name from its runtime descriptor (nameOff into moduledata.types)."""
+        rt = self.rt
+        self._types_base()
+        raw = self.mem.read(typ + rt.str_off, 4)
+        tflag = self.mem.read(typ + rt.tflag_off, 1)
+        if not raw or not rt.types_base:
+            return None
+        name_addr = rt.types_base + struct.unpack("<i", raw)[0]
+        head = self.mem.read(name_addr, 11)
+        if not head:
+            return None
+        n, shift, pos = 0, 0, 1  # byte 0 holds flags, then a varint length
+        while pos < len(head):
+            b = head[pos]
+            n |= (b & 0x7F) << shift
+            pos += 1
+            if b < 0x80:
+                break
+            shift += 7
+        name = self.mem.read(name_addr + pos, min(n, 255))
+        if name and tflag and tflag[0] & 2:  # TFlagExtraStar: the stored name has a leading '*' to drop
+            name = name[1:]
+        return name
+
+    def _chan(self, shape: V.Chan, hchan: int, depth: int) -> None:
+        out = self.out
+        out += _U64.pack(hchan)
+        if hchan == 0:
+            return
+        hdr = self.mem.read(hchan, max(shape.sendq_first_off, shape.recvq_first_off, shape.closed_off) + 8)
+        if hdr is None:
+            out.append(1)  # header unreadable
+            return
+        out.append(0)
+        u64 = lambda off: _U64.unpack_from(hdr, off)[0]  # noqa: E731
+        qcount, size, buf = u64(shape.qcount_off), u64(shape.dataqsiz_off), u64(shape.buf_off)
+        closed = struct.unpack_from("<I", hdr, shape.closed_off)[0]
+        recvx = u64(shape.recvx_off)
+        out += struct.pack("<QQB", qcount, size, 1 if closed else 0)
+        n = self._count(min(qcount, size), shape.elem_size) if size else 0
+        out += struct.pack("<I", n)
+        for i in range(n):
+            idx = (recvx + i) % size
+            self.value_at(shape.elem, buf + idx * shape.elem_size, depth)
+        out += struct.pack("<II", self._queue_len(u64(shape.recvq_first_off), shape.sudog_next_off),
+                           self._queue_len(u64(shape.sendq_first_off), shape.sudog_next_off))
+
+    def _queue_len(self, first: int, next_off: int) -> int:
+        n = 0
+        cur = first
+        while cur and n < MAX_CHAIN:
+            n += 1
+            raw = self.mem.read(cur + next_off, 8)
+            cur = _U64.unpack(raw)[0] if raw else 0
+        return n
+
+    def _map_entries_header(self, count: int) -> int:
+        self.out += _U64.pack(count)
+        pos = len(self.out)
+        self.out += struct.pack("<I", 0)  # patched with the number of entries written
+        return pos
+
+    def _swiss_map(self, shape: V.SwissMap, m: int, depth: int) -> None:
+        out = self.out
+        out += _U64.pack(m)
+        if m == 0:
+            return
+        hdr = self.mem.read(m, max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8)
+        if hdr is None:
+            out.append(1)
+            return
+        out.append(0)
+        used = _U64.unpack_from(hdr, shape.used_off)[0]
+        dir_ptr = _U64.unpack_from(hdr, shape.dir_ptr_off)[0]
+        dir_len = _I64.unpack_from(hdr, shape.dir_len_off)[0]
+        count_pos = self._map_entries_header(used)
+        written = 0
+        limit = self.limits.map_entries
+        groups: list[tuple[int, int]] = []  # (group array address, number of groups)
+        if dir_len == 0:
+            groups.append((dir_ptr, 1))
+        elif 0 < dir_len <= MAX_BUCKETS:
+            raw = self.mem.read(dir_ptr, 8 * dir_len)
+            tables = []
+            if raw:
+                for (t,) in struct.iter_unpack("<Q", raw):
+                    if t and t not in tables:
+                        tables.append(t)
+            for t in tables:
+                th = self.mem.read(t, max(shape.groups_data_off, shape.groups_mask_off) + 8)
+                if th:
+                    data = _U64.unpack_from(th, shape.groups_data_off)[0]
+                    mask = _U64.unpack_from(th, shape.groups_mask_off)[0]
+                    groups.append((data, min(mask + 1, MAX_BUCKETS)))
+        visited = 0
+        for base, ngroups in groups:
+            for g in range(ngroups):
+                if written >= limit or visited >= MAX_BUCKETS:
+                    break
+                visited += 1
+                addr = base + g * shape.group_size
+                grp = self.mem.read(addr, shape.group_size)
+                if grp is None:
+                    continue
+                ctrl = grp[shape.ctrl_off:shape.ctrl_off + 8]
+                for slot in range(8):
+                    if ctrl[slot] & 0x80:  # empty or deleted
+                        continue
+                    if written >= limit:
+                        break
+                    s = shape.slots_off + slot * shape.slot_size
+                    self.value_from_bytes(shape.key, grp[s + shape.key_off:s + shape.key_off + shape.key_size], depth)
+                    self.value_from_bytes(shape.elem, grp[s + shape.elem_off:s + shape.elem_off + shape.elem_size],
+                                          depth)
+                    written += 1
+        struct.pack_into("<I", out, count_pos, written)
+
+    def _classic_map(self, shape: V.ClassicMap, h: int, depth: int) -> None:
+        out = self.out
+        out += _U64.pack(h)
+        if h == 0:
+            return
+        hdr = self.mem.read(h, max(shape.count_off, shape.buckets_off, shape.oldbuckets_off) + 8)
+        if hdr is None:
+            out.append(1)
+            return
+        out.append(0)
+        count = _I64.unpack_from(hdr, shape.count_off)[0]
+        B = hdr[shape.b_off]
+        buckets = _U64.unpack_from(hdr, shape.buckets_off)[0]
+        old = _U64.unpack_from(hdr, shape.oldbuckets_off)[0]
+        count_pos = self._map_entries_header(max(count, 0))
+        written = 0
+        limit = self.limits.map_entries
+        visited = 0
+        # Entries live in the new buckets, and (while the map grows) in old buckets not yet evacuated:
+        # tophash values 2..4 mark evacuated slots, 0..1 empty ones, >= 5 live entries.
+        sources = [(buckets, 1 << B)]
+        if old:
+            sources.append((old, 1 << max(B - 1, 0)))
+        for base, n in sources:
+            for i in range(min(n, MAX_BUCKETS)):
+                b = base + i * shape.bucket_size
+                chain = 0
+                while b and written < limit and chain < MAX_CHAIN and visited < MAX_BUCKETS:
+                    chain += 1
+                    visited += 1
+                    raw = self.mem.read(b, shape.bucket_size)
+                    if raw is None:
+                        break
+                    for slot in range(8):
+                        if raw[shape.tophash_off + slot] < 5 or written >= limit:
+                            continue
+                        k = shape.keys_off + slot * shape.key_size
+                        e = shape.elems_off + slot * shape.elem_size
+                        self.value_from_bytes(shape.key, raw[k:k + shape.key_size], depth)
+                        self.value_from_bytes(shape.elem, raw[e:e + shape.elem_size], depth)
+                        written += 1
+                    b = _U64.unpack_from(raw, shape.overflow_off)[0]
+        struct.pack_into("<I", out, count_pos, written)

@@ -1,0 +1,308 @@
+"""IR for serialising Go values: one immutable *shape* node per Go type, kept in a :class:`TypeTable`.
+
+The compiler turns DWARF types into shapes once; backends execute them (read memory, write the raw value
+stream described in ``docs/value-stream.md``) and the decoder walks the same shapes to turn that stream into
+JSON. Everything a backend needs is a constant in the node: sizes, offsets, element counts, runtime-structure
+layouts. Types refer to each other by index in the table, so recursive Go types are finite.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from goprobe.dwarf.binary import GoBinary
+    from goprobe.dwarf.types import GoType
+
+TypeId = int
+
+
+@attrs.frozen(slots=True)
+class Scalar:
+    """bool, integers, floats, complex numbers, uintptr, unsafe.Pointer: ``size`` raw bytes."""
+
+    kind: str
+    size: int
+
+
+@attrs.frozen(slots=True)
+class String:
+    pass
+
+
+@attrs.frozen(slots=True)
+class Slice:
+    elem: TypeId
+    elem_size: int
+
+
+@attrs.frozen(slots=True)
+class Array:
+    elem: TypeId
+    elem_size: int
+    length: int
+
+
+@attrs.frozen(slots=True)
+class Field:
+    name: str
+    offset: int
+    type: TypeId
+    embedded: bool = False
+
+
+@attrs.frozen(slots=True)
+class Struct:
+    fields: tuple[Field, ...]
+
+
+@attrs.frozen(slots=True)
+class Pointer:
+    elem: TypeId | None  # None: the pointee's type is unknown (its address is all that is recorded)
+    elem_size: int
+
+
+@attrs.frozen(slots=True)
+class Interface:
+    empty: bool  # eface {type, data} vs iface {itab, data}
+
+
+@attrs.frozen(slots=True)
+class ClassicMap:
+    """``runtime.hmap`` buckets (Go ≤ 1.23): offsets inside the header and a bucket."""
+
+    key: TypeId
+    elem: TypeId
+    count_off: int
+    b_off: int
+    buckets_off: int
+    oldbuckets_off: int
+    bucket_size: int
+    tophash_off: int
+    keys_off: int
+    elems_off: int
+    overflow_off: int
+    key_size: int
+    elem_size: int
+
+
+@attrs.frozen(slots=True)
+class SwissMap:
+    """Swiss tables (Go ≥ 1.24): a directory of tables of groups, or one group for small maps."""
+
+    key: TypeId
+    elem: TypeId
+    used_off: int
+    dir_ptr_off: int
+    dir_len_off: int
+    table_used_off: int
+    groups_data_off: int
+    groups_mask_off: int
+    group_size: int
+    ctrl_off: int
+    slots_off: int
+    slot_size: int
+    key_off: int  # inside a slot
+    elem_off: int
+    key_size: int
+    elem_size: int
+
+
+@attrs.frozen(slots=True)
+class Chan:
+    elem: TypeId
+    elem_size: int
+    qcount_off: int
+    dataqsiz_off: int
+    buf_off: int
+    closed_off: int
+    sendx_off: int
+    recvx_off: int
+    recvq_first_off: int
+    sendq_first_off: int
+    sudog_next_off: int
+
+
+@attrs.frozen(slots=True)
+class Func:
+    pass
+
+
+@attrs.frozen(slots=True)
+class Opaque:
+    """A type goprobe cannot serialise (its DWARF is incomplete): only its size is known."""
+
+    size: int
+
+
+Shape = Scalar | String | Slice | Array | Struct | Pointer | Interface | ClassicMap | SwissMap | Chan | Func | Opaque
+
+
+@attrs.frozen(slots=True)
+class TypeEntry:
+    name: str
+    size: int
+    shape: Shape
+    runtime_type: int | None  # the runtime type descriptor's offset from moduledata.types
+    direct_iface: bool  # stored directly in an interface's data word (pointer-shaped)
+
+
+@attrs.frozen(slots=True)
+class TypeTable:
+    """Every type a program may serialise, by id, and the runtime-type → id map interfaces dispatch on."""
+
+    entries: tuple[TypeEntry, ...]
+    by_runtime_type: dict[int, TypeId] = attrs.field(eq=False, repr=False)
+
+    def __getitem__(self, tid: TypeId) -> TypeEntry:
+        return self.entries[tid]
+
+
+class TypeTableBuilder:
+    """Compiles DWARF types into shapes, assigning ids on first use (recursive types terminate)."""
+
+    def __init__(self, binary: GoBinary) -> None:
+        self._b = binary
+        self._layout = binary.runtime
+        self._ids: dict[int, TypeId] = {}
+        self._entries: list[TypeEntry | None] = []
+
+    def add(self, t: GoType) -> TypeId:
+        tid = self._ids.get(t.offset)
+        if tid is not None:
+            return tid
+        tid = len(self._entries)
+        self._ids[t.offset] = tid
+        self._entries.append(None)  # placeholder while fields refer back to this type
+        shape = self._shape(t)
+        name = t.name or t.kind
+        self._entries[tid] = TypeEntry(name, t.size, shape, t.runtime_type, _is_direct_iface(t, shape))
+        return tid
+
+    def add_interface_candidates(self) -> None:
+        """Add the types an interface value may hold at run time, so its dynamic value can be captured:
+        the predeclared types and every runtime-typed type of the program's own packages (main and its
+        module). Dynamic types outside this set are still named, from the runtime type descriptor."""
+        b = self._b
+        prefixes = ["main."] + [p + "/" for p in _module_paths(b)] + [p + "." for p in _module_paths(b)]
+        for addr, off in b.types.runtime_type_index().items():
+            t = b.types.get(off)
+            bare = t.name.lstrip("*[]")
+            if t.name in _PREDECLARED or any(bare.startswith(p) for p in prefixes) or t.name in _COMMON_DYNAMIC:
+                self.add(t)
+
+    def build(self) -> TypeTable:
+        entries = tuple(e for e in self._entries if e is not None)
+        assert len(entries) == len(self._entries)
+        rt = {e.runtime_type: i for i, e in enumerate(entries) if e.runtime_type}
+        return TypeTable(entries, rt)
+
+    def _shape(self, t: GoType) -> Shape:
+        k = t.kind
+        b = self._b
+        if k == "string":
+            return String()
+        if k in _SCALARS:
+            return Scalar(k, t.size)
+        if k == "slice":
+            elem = t.elem
+            if elem is None:
+                return Opaque(t.size)
+            return Slice(self.add(elem), elem.size)
+        if k == "array":
+            elem = t.elem
+            if elem is None:
+                return Opaque(t.size)
+            return Array(self.add(elem), elem.size, t.length or 0)
+        if k == "struct":
+            return Struct(tuple(Field(f.name, f.offset, self.add(t.field_type(f)), f.embedded) for f in t.fields))
+        if k == "ptr":
+            elem = t.elem
+            if elem is None or elem.kind in ("", "unspecified"):
+                return Pointer(None, 0)
+            return Pointer(self.add(elem), elem.size)
+        if k == "interface":
+            return Interface(t.empty_interface)
+        if k == "func":
+            return Func()
+        if k == "chan":
+            return self._chan(t)
+        if k == "map":
+            return self._map(t)
+        del b
+        return Opaque(t.size)
+
+    def _chan(self, t: GoType) -> Shape:
+        elem = t.elem
+        L = self._layout
+        h, w, s = L["hchan"], L["waitq"], L["sudog"]
+        if elem is None:
+            return Opaque(t.size)
+        del w
+        return Chan(self.add(elem), elem.size, h.offset("qcount"), h.offset("dataqsiz"), h.offset("buf"),
+                    h.offset("closed"), h.offset("sendx"), h.offset("recvx"), h.offset("recvq.first"),
+                    h.offset("sendq.first"), s.offset("next"))
+
+    def _map(self, t: GoType) -> Shape:
+        key, elem = t.key, t.elem
+        header_ptr = t.impl
+        header = header_ptr.elem if header_ptr is not None else None
+        if key is None or elem is None or header is None:
+            return Opaque(t.size)
+        kid, eid = self.add(key), self.add(elem)
+        if self._layout.map_impl == "classic":
+            bucket = self._b.type_at(header.field("buckets").type_offset).elem
+            return ClassicMap(
+                kid, eid, header.field("count").offset, header.field("B").offset, header.field("buckets").offset,
+                header.field("oldbuckets").offset, bucket.size, bucket.field("tophash").offset,
+                bucket.field("keys").offset, _values_field(bucket).offset, bucket.field("overflow").offset,
+                key.size, elem.size)
+        dir_ptr = header.field("dirPtr")
+        table = self._b.type_at(dir_ptr.type_offset).elem.elem
+        groups_f = table.field("groups")
+        groups = table.field_type(groups_f)
+        group = self._b.type_at(groups.field("data").type_offset).elem
+        slots_f = group.field("slots")
+        slot = group.field_type(slots_f).elem
+        return SwissMap(
+            kid, eid, header.field("used").offset, dir_ptr.offset, header.field("dirLen").offset,
+            table.field("used").offset, groups_f.offset + groups.field("data").offset,
+            groups_f.offset + groups.field("lengthMask").offset, group.size, group.field("ctrl").offset,
+            slots_f.offset, slot.size, slot.field("key").offset, slot.field("elem").offset, key.size, elem.size)
+
+
+_SCALARS = frozenset({"bool", "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32",
+                      "uint64", "uintptr", "float32", "float64", "complex64", "complex128", "unsafe.Pointer"})
+
+
+_PREDECLARED = frozenset(_SCALARS - {"unsafe.Pointer"}) | {"string", "[]uint8", "[]string", "[]int", "error",
+                                                          "[]interface {}", "map[string]interface {}"}
+_COMMON_DYNAMIC = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors", "*errors.joinError",
+                             "time.Duration", "time.Time", "*time.Location"})
+
+
+def _module_paths(b: GoBinary) -> list[str]:
+    """The main module's path from the build information (``mod`` line), if any."""
+    info = b.elf.section_data(".go.buildinfo")
+    text = info.decode("utf-8", "replace")
+    out = []
+    for line in text.split("\n"):
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[0] in ("mod", "path") and parts[1] not in ("command-line-arguments",):
+            out.append(parts[1])
+    return out
+
+
+def _values_field(bucket: GoType):
+    # The classic bucket calls its value array "values" (DWARF) or "elems" (source); accept either.
+    return bucket.field("values") or bucket.field("elems")
+
+
+def _is_direct_iface(t: GoType, shape: Shape) -> bool:
+    """Values Go stores in the interface data word itself: pointer-shaped types (pointers, maps, chans,
+    funcs, unsafe.Pointer, and single-field structs/arrays thereof)."""
+    if isinstance(shape, (Pointer, Func)) or t.kind in ("map", "chan", "unsafe.Pointer"):
+        return True
+    return False
