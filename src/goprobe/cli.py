@@ -15,6 +15,7 @@ goprobe looks inside Go programs using the DWARF debug information in their bina
 commands:
   inspect BINARY             Go version, architecture, counts and the main package's functions
   inspect BINARY FUNCTION    a function's parameters and locals, their Go types and where each is available
+  snapshot PID [PID...]      every goroutine's stack, with values captured in the frames you name
 """
 
 
@@ -34,7 +35,58 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("function", nargs="?", help="qualified Go function name")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
     ins.add_argument("--no-cache", action="store_true", help="do not read or write the index cache")
+    snap = sub.add_parser(
+        "snapshot", help="stacks of every goroutine, with captured values",
+        description="Pause each process for about a millisecond, walk every goroutine's stack, capture the "
+                    "requested expressions in frames of the named functions, resume, and print the result. "
+                    "Expressions are Go syntax over the function's parameters, locals and package variables: "
+                    "a.b.c, *p, x[3], m[\"key\"], len(x), cap(x), x.(*T).",
+        epilog="examples:\n"
+               "  goprobe snapshot 4242\n"
+               "  goprobe snapshot 4242 -c 'main.(*Server).handle:req.Path,len(s.conns)' --json -o snap.json\n"
+               "  goprobe snapshot --core core.4242 ./server -c 'main.(*Worker).run:w.id'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    snap.add_argument("pids", nargs="*", type=int, metavar="PID", help="process ids (several give one bundle)")
+    snap.add_argument("-c", "--capture", action="append", default=[], metavar="FUNC:EXPR,EXPR",
+                      help="capture expressions in every frame of FUNC (repeatable)")
+    snap.add_argument("--spec", metavar="FILE", help="a request file (JSON or TOML, see docs/requests.md)")
+    snap.add_argument("--filter", metavar="FUNC", help="only goroutines with FUNC on their stack")
+    snap.add_argument("--core", nargs=2, metavar=("CORE", "BINARY"), help="snapshot an ELF core file instead")
+    snap.add_argument("--json", action="store_true", help="print the JSON document (docs/snapshot-json.md)")
+    snap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     return p
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from goprobe import snapshot as S
+    from goprobe.request import SnapshotRequest, load_request_file, parse_capture_spec
+
+    if not args.pids and not args.core:
+        print("goprobe: error: name at least one PID, or --core CORE BINARY", file=sys.stderr)
+        return 2
+    if args.spec:
+        req = load_request_file(args.spec)
+        if not isinstance(req, SnapshotRequest):
+            print(f"goprobe: error: {args.spec} is an events request; use 'goprobe events'", file=sys.stderr)
+            return 2
+        functions = {fn: [c.text for c in caps] for fn, caps in req.functions.items()}
+        limits, gfilter = req.limits, args.filter or req.goroutine_filter
+    else:
+        functions, limits, gfilter = {}, None, args.filter
+    for spec in args.capture:
+        fn, caps = parse_capture_spec(spec)
+        functions.setdefault(fn, []).extend(c.text for c in caps)
+    if args.core:
+        result = S.snapshot_core(args.core[0], args.core[1], functions, limits=limits, goroutine_filter=gfilter)
+    else:
+        result = S.take_snapshot(args.pids, functions, limits=limits, goroutine_filter=gfilter)
+    text = json.dumps(result, indent=1, ensure_ascii=False) if args.json else S.render_text(result)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text + "\n")
+    else:
+        print(text)
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -62,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "snapshot":
+            return _snapshot(args)
     except GoprobeError as exc:
         print(f"goprobe: error: {exc}", file=sys.stderr)
         return 1

@@ -86,3 +86,79 @@ def suggest(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
             if c not in out:
                 out.append(c)
     return out[:limit]
+
+
+class ProcessError(GoprobeError):
+    """A live process or core file cannot be read or paused."""
+
+
+class ProcessNotFoundError(ProcessError):
+    """No process has the given pid."""
+
+
+class ProcessPermissionError(ProcessError):
+    """The kernel refuses to let goprobe trace or read the process."""
+
+
+class ProcessExitedError(ProcessError):
+    """The process exited (or was killed) while goprobe was reading or pausing it."""
+
+
+class CoreFileError(ProcessError):
+    """The file is not a usable ELF core dump."""
+
+
+class ExpressionSyntaxError(GoprobeError):
+    """A capture expression, condition or type is not valid goprobe expression syntax.
+
+    ``column`` is 1-based (``len(text) + 1`` means "at the end"); ``expected`` says what would have been valid
+    there and ``found`` what was there instead (``None`` when the error is inside a token).
+    """
+
+    def __init__(self, text: str, column: int, expected: str, found: str | None = None, *,
+                 headline: str | None = None, hint: str | None = None) -> None:
+        import json  # local: keeps this module's import surface as it was
+
+        self.text = text
+        self.column = column
+        self.expected = expected
+        self.found = found
+        msg = f"{headline or 'expected ' + expected} at column {column} in {json.dumps(text, ensure_ascii=False)}"
+        if found:
+            msg += f", found {found}"
+        if hint:
+            msg += f": {hint}"
+        super().__init__(msg + "\n" + _caret(text, column - 1))
+
+
+def _caret(text: str, offset: int) -> str:
+    """Two lines: the line of *text* holding *offset*, and a caret under that offset."""
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    line = text[start:] if end < 0 else text[start:end]
+    # One display cell per character so the caret stays aligned.
+    line = "".join(" " if c in "\t\r" else c for c in line)
+    return f"  {line}\n  {' ' * (offset - start)}^"
+
+
+class RequestError(GoprobeError):
+    """A snapshot or event request (a file, a CLI spec or constructor values) is invalid.
+
+    ``file`` and ``key`` (e.g. ``limits.string_bytes``, ``capture[1].expressions[0]``) locate the problem when
+    known; ``fix`` says what would be valid.
+    """
+
+    def __init__(self, problem: str, *, file: str | None = None, key: str | None = None,
+                 fix: str | None = None) -> None:
+        self.problem = problem
+        self.file = file
+        self.key = key
+        self.fix = fix
+        where = ": ".join(p for p in (file, key) if p)
+        msg = f"{where}: {problem}" if where else problem
+        super().__init__(msg + (f"; {fix}" if fix else ""))
+
+
+class ExpressionError(GoprobeError):
+    """A well-formed expression that does not fit the program: unknown identifier, no such field, a type
+    that cannot be indexed... The message names the expression, the column and what exists instead."""

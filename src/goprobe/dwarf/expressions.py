@@ -214,6 +214,20 @@ def _memory_piece(v: object) -> Piece:
     raise DwarfFormatError("bad DWARF location")
 
 
+def repair_pieces(loc: Location, size: int) -> Location:
+    """Work around a Go (≤ 1.21) DWARF defect: a piece repeated right after itself, which makes the pieces
+    add up to more than the value's size. The same register or memory slot cannot hold two parts of a value,
+    so an identical consecutive register/memory piece is dropped — only when the sizes do not add up."""
+    if len(loc) < 2 or any(p.size is None for p in loc) or sum(p.size for p in loc) <= size:
+        return loc
+    out = [loc[0]]
+    for p in loc[1:]:
+        if p == out[-1] and p.kind in (REGISTER, CFA_MEMORY, ADDRESS_MEMORY, REGISTER_MEMORY):
+            continue
+        out.append(p)
+    return tuple(out)
+
+
 def member_offset(value: object) -> int:
     """``DW_AT_data_member_location``: a constant, or an expression ``DW_OP_plus_uconst N`` (older producers)."""
     if isinstance(value, int):

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from goprobe.dwarf.expressions import repair_pieces
 from goprobe.dwarf.functions import Variable
 from goprobe.dwarf.lists import LocationRange
-from goprobe.errors import UnknownVariableError
+from goprobe.errors import ExpressionError
+from goprobe import expr as X
+from goprobe.ir.access import AccessCompiler, AccessPath
 from goprobe.ir.values import TypeId, TypeTable, TypeTableBuilder
 
 if TYPE_CHECKING:
@@ -61,13 +64,16 @@ class GoroutineLayout:
 
 @attrs.frozen(slots=True)
 class VariableCapture:
-    """One requested variable of a frame: where it lives per PC range, and its value shape."""
+    """One requested expression of a frame: its root variable's location per PC range (none for a package
+    variable), the access path from that root, and the result's value shape."""
 
     label: str
     locations: tuple[LocationRange, ...]
-    type: TypeId | None  # None: unknown variable (reported unavailable with `missing`)
+    type: TypeId | None  # the result's type; None: not capturable here (reported with `missing`)
     escaped: bool = False
     missing: str | None = None
+    path: AccessPath | None = None
+    root_type: TypeId | None = None
 
 
 @attrs.frozen(slots=True)
@@ -92,30 +98,40 @@ class SnapshotPlan:
 
 def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max_frames: int = 512,
                      max_goroutines: int = 100_000, goroutine_filter: str | None = None) -> SnapshotPlan:
-    """Compile "capture these variables in every frame of these functions" for *b*.
+    """Compile "capture these expressions in every frame of these functions" for *b*.
 
-    Variable names are the function's parameters and locals; an unknown name raises
-    :class:`~goprobe.errors.UnknownVariableError` listing the names that exist.
+    Expressions are Go syntax over the function's parameters and locals and package variables
+    (``req.URL.Path``, ``len(s.conns)``, ``*p``, ``m["k"]``, ``x.(*T)``, ``main.config``). Errors name the
+    expression: :class:`~goprobe.errors.ExpressionSyntaxError`, :class:`~goprobe.errors.ExpressionError`
+    (listing the variables that exist), :class:`~goprobe.errors.UnknownFunctionError`.
     """
     tb = TypeTableBuilder(b)
+    compiler = AccessCompiler(b, tb)
     plans: list[FramePlan] = []
-    for fname, names in functions.items():
+    for fname, texts in functions.items():
         outlined = b.functions(fname)
-        copies = b.inlined_copies(fname)
+        copies = b.inlined_copies(fname) if "[" not in fname or "[...]" in fname else []
         if not outlined and not copies:
             b.function(fname)  # raises UnknownFunctionError with suggestions
-        known: set[str] = set()
-        for fn in outlined:
-            known.update(v.name for v in fn.variables)
-        for _caller, call in copies:
-            known.update(v.name for v in call.variables)
-        for name in names:
-            if name not in known:
-                raise UnknownVariableError(name, sorted(known), f"function {fname} (its parameters and locals)")
-        for fn in outlined:
-            plans.append(FramePlan(fn.name, fn.ranges, False, _captures(b, tb, fn.variables, names)))
-        for _caller, call in copies:
-            plans.append(FramePlan(fname, call.ranges, True, _captures(b, tb, call.variables, names)))
+        parsed = [(t, X.parse(t)) for t in texts]
+        copies_vars = [(fn.name, False, fn.variables) for fn in outlined] + [
+            (fname, True, call.variables) for _caller, call in copies]
+        # Check every expression against at least one copy, so a typo fails at compile time.
+        for text, e in parsed:
+            errors = []
+            for _name, _inl, variables in copies_vars:
+                try:
+                    compiler.compile(text, e, _frame_types(b, variables))
+                    break
+                except ExpressionError as exc:
+                    errors.append(exc)
+            else:
+                raise errors[0]
+        for name, inlined, variables in copies_vars:
+            ranges = next(fn.ranges for fn in outlined if fn.name == name) if not inlined else None
+            if inlined:
+                ranges = next(call.ranges for _c, call in copies if call.variables is variables)
+            plans.append(FramePlan(name, ranges, inlined, _captures(b, tb, compiler, variables, parsed)))
     tb.add_interface_candidates()
     gfilter = None
     if goroutine_filter:
@@ -126,18 +142,35 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
                         gfilter)
 
 
-def _captures(b: GoBinary, tb: TypeTableBuilder, variables: Sequence[Variable], names: Sequence[str]
-              ) -> tuple[VariableCapture, ...]:
+def _frame_types(b: GoBinary, variables: Sequence[Variable]) -> dict:
+    out = {}
+    for v in variables:
+        out.setdefault(v.name, b.type_at(v.type_offset))
+    return out
+
+
+def _captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler, variables: Sequence[Variable],
+              parsed) -> tuple[VariableCapture, ...]:
     out = []
-    for name in names:
-        # Several DWARF variables may share a name (shadowing in nested blocks): keep them all; the one
-        # whose location covers the PC wins at run time.
-        matching = [v for v in variables if v.name == name]
-        if not matching:
-            out.append(VariableCapture(name, (), None, missing="not a variable of this copy of the function"))
-            continue
-        for v in matching:
-            out.append(VariableCapture(name, v.locations, tb.add(b.type_at(v.type_offset)), v.escaped))
+    for text, e in parsed:
+        # A name can denote several DWARF variables (shadowing in nested blocks): one capture per candidate
+        # root; at run time the one whose location covers the PC wins.
+        roots = sorted(X.identifiers(e))
+        candidates = [v for v in variables if v.name in roots] or [None]
+        for v in candidates:
+            frame_vars = {v.name: b.type_at(v.type_offset)} if v is not None else {}
+            try:
+                path = compiler.compile(text, e, frame_vars)
+            except ExpressionError as exc:
+                out.append(VariableCapture(text, (), None, missing=str(exc)))
+                continue
+            if path.root == "":
+                out.append(VariableCapture(text, (), path.type, path=path))  # a package variable
+                continue
+            root_t = b.type_at(v.type_offset)
+            size = 8 if v.escaped else root_t.size
+            locations = tuple(attrs.evolve(r, location=repair_pieces(r.location, size)) for r in v.locations)
+            out.append(VariableCapture(text, locations, path.type, v.escaped, path=path, root_type=tb.add(root_t)))
     return tuple(out)
 
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from goprobe.backends.interpreter.values import ValueEncoder, RuntimeTypeInfo
+from goprobe.backends.interpreter.access import PathError, evaluate
+from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 from goprobe.dwarf import expressions as E
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
 
@@ -182,6 +183,10 @@ class SnapshotInterpreter:
                 out.append(RawCapture(cap.label, None, None, cap.missing))
                 done.add(cap.label)
                 continue
+            if cap.path is not None and cap.path.root == "":  # rooted at a package variable
+                done.add(cap.label)
+                out.append(self._finish(cap, addr=cap.path.global_address))
+                continue
             loc = None
             for r in cap.locations:
                 if r.low <= pc < r.high:
@@ -199,20 +204,34 @@ class SnapshotInterpreter:
         return tuple(out)
 
     def _capture(self, cap, loc: E.Location, cfa: int | None, regs) -> RawCapture:
-        size = self.plan.types[cap.type].size if not cap.escaped else 8
+        root_size = 8 if cap.escaped else self.plan.types[cap.root_type if cap.root_type is not None else cap.type].size
         data = bytearray()
         for piece in loc:
-            want = piece.size if piece.size is not None else size
+            want = piece.size if piece.size is not None else root_size
             got, why = self._piece(piece, want, cfa, regs)
             if got is None:
                 return RawCapture(cap.label, cap.type, None, why)
             data += got
+        data = bytes(data).ljust(root_size, b"\0")
+        if cap.escaped:  # the slot holds the address of the heap copy
+            return self._finish(cap, addr=_U64.unpack_from(data)[0])
+        return self._finish(cap, data=data)
+
+    def _finish(self, cap, *, addr: int | None = None, data: bytes | None = None) -> RawCapture:
+        """Follow the capture's access path from its root, then encode the result."""
         enc = ValueEncoder(self.plan.types, self.mem, self.limits, self.rt)
         enc.begin_value()
-        if cap.escaped:
-            enc.value_at(cap.type, _U64.unpack_from(bytes(data).ljust(8, b"\0"))[0])
+        if cap.path is not None and cap.path.steps:
+            try:
+                st = evaluate(enc, cap.path, addr=addr, data=data)
+            except PathError as exc:
+                return RawCapture(cap.label, cap.type, None, str(exc))
+            addr, data = st.addr, st.data
+        size = self.plan.types[cap.type].size
+        if data is not None:
+            enc.value_from_bytes(cap.type, data[:size].ljust(size, b"\0"))
         else:
-            enc.value_from_bytes(cap.type, bytes(data).ljust(self.plan.types[cap.type].size, b"\0"))
+            enc.value_at(cap.type, addr)
         return RawCapture(cap.label, cap.type, bytes(enc.out))
 
     def _piece(self, p: E.Piece, size: int, cfa: int | None, regs) -> tuple[bytes | None, str]:

@@ -109,10 +109,8 @@ class ValueEncoder:
                 self.value_from_bytes(shape.elem, data[i * size:(i + 1) * size], depth)
         elif isinstance(shape, V.Interface):
             self._interface(shape, data, depth)
-        elif isinstance(shape, V.SwissMap):
-            self._swiss_map(shape, _U64.unpack_from(data)[0], depth)
-        elif isinstance(shape, V.ClassicMap):
-            self._classic_map(shape, _U64.unpack_from(data)[0], depth)
+        elif isinstance(shape, (V.SwissMap, V.ClassicMap)):
+            self._map(shape, _U64.unpack_from(data)[0], depth)
         elif isinstance(shape, V.Chan):
             self._chan(shape, _U64.unpack_from(data)[0], depth)
         elif isinstance(shape, V.Func):
@@ -186,36 +184,36 @@ class ValueEncoder:
             out.append(0)  # no name
             return
         # DWARF's DW_AT_go_runtime_type is an offset from moduledata.types (the type section's start).
-        tid = self.table.by_runtime_type.get(typ - self._types_base())
+        tid = self.table.by_runtime_type.get(typ - self.types_base())
         if tid is None:
             out += struct.pack("<I", UNKNOWN_TYPE)
-            name = self._runtime_type_name(typ) or b""
+            name = self.runtime_type_name(typ) or b""
             out.append(min(len(name), 255))
             out += name[:255]
             return
         out += struct.pack("<I", tid)
-        if self._is_direct(typ):
+        if self.is_direct(typ):
             self.value_from_bytes(tid, _U64.pack(word1) + b"\0" * max(0, self.table[tid].size - 8), depth)
         else:
             self.value_at(tid, word1, depth)
 
-    def _is_direct(self, typ: int) -> bool:
+    def is_direct(self, typ: int) -> bool:
         rt = self.rt
         off = rt.tflag_off if rt.direct_where == "tflag" else rt.kind_off
         raw = self.mem.read(typ + off, 1)
         return bool(raw and raw[0] & rt.direct_mask)
 
-    def _types_base(self) -> int:
+    def types_base(self) -> int:
         rt = self.rt
         if rt.types_base is None:
             raw = self.mem.read(rt.types_base_addr, 8)
             rt.types_base = _U64.unpack(raw)[0] if raw else 0
         return rt.types_base
 
-    def _runtime_type_name(self, typ: int) -> bytes | None:
+    def runtime_type_name(self, typ: int) -> bytes | None:
         """The type's name from its runtime descriptor (nameOff into moduledata.types)."""
         rt = self.rt
-        self._types_base()
+        self.types_base()
         raw = self.mem.read(typ + rt.str_off, 4)
         tflag = self.mem.read(typ + rt.tflag_off, 1)
         if not raw or not rt.types_base:
@@ -269,37 +267,30 @@ class ValueEncoder:
             cur = _U64.unpack(raw)[0] if raw else 0
         return n
 
-    def _map_entries_header(self, count: int) -> int:
-        self.out += _U64.pack(count)
-        pos = len(self.out)
-        self.out += struct.pack("<I", 0)  # patched with the number of entries written
-        return pos
+    def map_slots(self, shape: V.SwissMap | V.ClassicMap, m: int, header: bytes):
+        """(key address, element address) of each live entry, in table order, within the visit bounds."""
+        if isinstance(shape, V.SwissMap):
+            yield from self._swiss_slots(shape, m, header)
+        else:
+            yield from self._classic_slots(shape, m, header)
 
-    def _swiss_map(self, shape: V.SwissMap, m: int, depth: int) -> None:
-        out = self.out
-        out += _U64.pack(m)
-        if m == 0:
-            return
-        hdr = self.mem.read(m, max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8)
-        if hdr is None:
-            out.append(1)
-            return
-        out.append(0)
-        used = _U64.unpack_from(hdr, shape.used_off)[0]
+    def map_header(self, shape: V.SwissMap | V.ClassicMap, m: int) -> bytes | None:
+        if isinstance(shape, V.SwissMap):
+            return self.mem.read(m, max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8)
+        return self.mem.read(m, max(shape.count_off, shape.buckets_off, shape.oldbuckets_off) + 8)
+
+    def _swiss_slots(self, shape: V.SwissMap, m: int, hdr: bytes):
         dir_ptr = _U64.unpack_from(hdr, shape.dir_ptr_off)[0]
         dir_len = _I64.unpack_from(hdr, shape.dir_len_off)[0]
-        count_pos = self._map_entries_header(used)
-        written = 0
-        limit = self.limits.map_entries
         groups: list[tuple[int, int]] = []  # (group array address, number of groups)
         if dir_len == 0:
-            groups.append((dir_ptr, 1))
+            groups.append((dir_ptr, 1))  # a small map: one group, no tables
         elif 0 < dir_len <= MAX_BUCKETS:
             raw = self.mem.read(dir_ptr, 8 * dir_len)
-            tables = []
+            tables: list[int] = []
             if raw:
                 for (t,) in struct.iter_unpack("<Q", raw):
-                    if t and t not in tables:
+                    if t and t not in tables:  # directory entries repeat a table shared by several slots
                         tables.append(t)
             for t in tables:
                 th = self.mem.read(t, max(shape.groups_data_off, shape.groups_mask_off) + 8)
@@ -310,66 +301,67 @@ class ValueEncoder:
         visited = 0
         for base, ngroups in groups:
             for g in range(ngroups):
-                if written >= limit or visited >= MAX_BUCKETS:
-                    break
+                if visited >= MAX_BUCKETS:
+                    return
                 visited += 1
                 addr = base + g * shape.group_size
-                grp = self.mem.read(addr, shape.group_size)
-                if grp is None:
+                ctrl = self.mem.read(addr + shape.ctrl_off, 8)
+                if ctrl is None:
                     continue
-                ctrl = grp[shape.ctrl_off:shape.ctrl_off + 8]
                 for slot in range(8):
                     if ctrl[slot] & 0x80:  # empty or deleted
                         continue
-                    if written >= limit:
-                        break
-                    s = shape.slots_off + slot * shape.slot_size
-                    self.value_from_bytes(shape.key, grp[s + shape.key_off:s + shape.key_off + shape.key_size], depth)
-                    self.value_from_bytes(shape.elem, grp[s + shape.elem_off:s + shape.elem_off + shape.elem_size],
-                                          depth)
-                    written += 1
-        struct.pack_into("<I", out, count_pos, written)
+                    s = addr + shape.slots_off + slot * shape.slot_size
+                    yield s + shape.key_off, s + shape.elem_off
 
-    def _classic_map(self, shape: V.ClassicMap, h: int, depth: int) -> None:
-        out = self.out
-        out += _U64.pack(h)
-        if h == 0:
-            return
-        hdr = self.mem.read(h, max(shape.count_off, shape.buckets_off, shape.oldbuckets_off) + 8)
-        if hdr is None:
-            out.append(1)
-            return
-        out.append(0)
-        count = _I64.unpack_from(hdr, shape.count_off)[0]
+    def _classic_slots(self, shape: V.ClassicMap, h: int, hdr: bytes):
         B = hdr[shape.b_off]
         buckets = _U64.unpack_from(hdr, shape.buckets_off)[0]
         old = _U64.unpack_from(hdr, shape.oldbuckets_off)[0]
-        count_pos = self._map_entries_header(max(count, 0))
-        written = 0
-        limit = self.limits.map_entries
-        visited = 0
         # Entries live in the new buckets, and (while the map grows) in old buckets not yet evacuated:
         # tophash values 2..4 mark evacuated slots, 0..1 empty ones, >= 5 live entries.
-        sources = [(buckets, 1 << B)]
+        sources = [(buckets, 1 << min(B, 30))]
         if old:
-            sources.append((old, 1 << max(B - 1, 0)))
+            sources.append((old, 1 << max(min(B, 30) - 1, 0)))
+        visited = 0
         for base, n in sources:
             for i in range(min(n, MAX_BUCKETS)):
                 b = base + i * shape.bucket_size
                 chain = 0
-                while b and written < limit and chain < MAX_CHAIN and visited < MAX_BUCKETS:
+                while b and chain < MAX_CHAIN and visited < MAX_BUCKETS:
                     chain += 1
                     visited += 1
                     raw = self.mem.read(b, shape.bucket_size)
                     if raw is None:
                         break
                     for slot in range(8):
-                        if raw[shape.tophash_off + slot] < 5 or written >= limit:
-                            continue
-                        k = shape.keys_off + slot * shape.key_size
-                        e = shape.elems_off + slot * shape.elem_size
-                        self.value_from_bytes(shape.key, raw[k:k + shape.key_size], depth)
-                        self.value_from_bytes(shape.elem, raw[e:e + shape.elem_size], depth)
-                        written += 1
+                        if raw[shape.tophash_off + slot] >= 5:
+                            yield (b + shape.keys_off + slot * shape.key_size,
+                                   b + shape.elems_off + slot * shape.elem_size)
                     b = _U64.unpack_from(raw, shape.overflow_off)[0]
+
+    def _map(self, shape: V.SwissMap | V.ClassicMap, m: int, depth: int) -> None:
+        out = self.out
+        out += _U64.pack(m)
+        if m == 0:
+            return
+        hdr = self.map_header(shape, m)
+        if hdr is None:
+            out.append(1)
+            return
+        out.append(0)
+        if isinstance(shape, V.SwissMap):
+            count = _U64.unpack_from(hdr, shape.used_off)[0]
+        else:
+            count = max(_I64.unpack_from(hdr, shape.count_off)[0], 0)
+        self.out += _U64.pack(count)
+        count_pos = len(self.out)
+        self.out += struct.pack("<I", 0)  # patched with the number of entries written
+        written = 0
+        for key_addr, elem_addr in self.map_slots(shape, m, hdr):
+            if written >= self.limits.map_entries:
+                break
+            self.value_at(shape.key, key_addr, depth)
+            self.value_at(shape.elem, elem_addr, depth)
+            written += 1
         struct.pack_into("<I", out, count_pos, written)

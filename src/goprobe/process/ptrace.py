@@ -1,0 +1,467 @@
+"""Pausing a live Go process for a moment: every thread stopped with ptrace, registers read, then resumed.
+
+Design points, each for a failure that would otherwise leave the target stopped:
+
+* All ptrace calls run on a private tracer thread made for one pause. The kernel detaches every tracee of a
+  tracer *thread* when that thread exits, so whatever goes wrong (a thread that never stops, an exception, a
+  PausedProcess that is garbage-collected without being resumed) ends with the thread returning and the
+  target released. If the whole goprobe process dies, the kernel does the same.
+* PTRACE_SEIZE + PTRACE_INTERRUPT, not PTRACE_ATTACH: no SIGSTOP is sent, so nothing can leave the process in
+  a job-control stop, and no stray signal reaches the program.
+* A thread that reports a signal instead of the interrupt stop (Go sends itself SIGURG for preemption) counts
+  as stopped; the signal is handed back on PTRACE_DETACH so the program still gets it.
+* SIGINT and SIGTERM are deferred while threads are being stopped or resumed, and re-delivered after the
+  last PTRACE_DETACH (only when pausing from the main thread, where Python runs signal handlers).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+from goprobe.errors import (
+    GoprobeError,
+    NotELFError,
+    NotGoBinaryError,
+    ProcessError,
+    ProcessExitedError,
+    ProcessNotFoundError,
+    ProcessPermissionError,
+    UnsupportedArchitectureError,
+)
+from goprobe.process import _libc
+from goprobe.process.memory import ProcessMemory
+
+
+def _freeze(regs: Mapping[str, int]) -> Mapping[str, int]:
+    return MappingProxyType(dict(regs))
+
+
+@attrs.frozen
+class ThreadState:
+    """One thread's registers at the pause (or in a core file).
+
+    ``regs`` maps amd64 register names (rax rbx rcx rdx rsi rdi rbp rsp r8..r15 rip eflags fs_base gs_base
+    orig_rax) to their values as unsigned 64-bit integers (orig_rax -1 reads as 2**64-1).
+    """
+
+    tid: int
+    regs: Mapping[str, int] = attrs.field(converter=_freeze)
+
+
+# --------------------------------------------------------------------------------------------------------
+# /proc helpers
+
+
+def _proc_state(pid: int, tid: int | None = None) -> str | None:
+    """The one-letter scheduler state of a process (or thread), None if it does not exist."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(b")") + 2:][:1].decode()
+
+
+def _is_dead(pid: int) -> bool:
+    return _proc_state(pid) in (None, "Z", "X")
+
+
+def _tracer_of(pid: int, tid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _list_tasks(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+# Executables already checked to be amd64 Go binaries, keyed by (device, inode, mtime).
+_go_checked: dict[tuple[int, int, int], bool] = {}
+
+
+def _check_target(pid: int) -> None:
+    """Typed errors for a pid that cannot be paused: missing, dead, ourselves, not an amd64 Go program."""
+    if not isinstance(pid, int) or pid <= 0:
+        raise ProcessNotFoundError(f"pid {pid!r} is not a valid process id (give a positive integer)")
+    state = _proc_state(pid)
+    if state is None:
+        raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
+    if state in ("Z", "X"):
+        raise ProcessExitedError(f"pid {pid} has exited (it is a zombie waiting for its parent to reap it)")
+    if pid == os.getpid():
+        raise ProcessError(f"pid {pid} is goprobe's own process; a process cannot pause itself: pass another pid")
+    exe = f"/proc/{pid}/exe"
+    try:
+        st = os.stat(exe)
+        real = os.readlink(exe)
+    except FileNotFoundError:
+        if _is_dead(pid):
+            raise ProcessExitedError(f"pid {pid} exited before it could be paused") from None
+        raise NotGoBinaryError(f"pid {pid} has no executable (a kernel thread?); pass the pid of a Go program") from None
+    except PermissionError:
+        raise ProcessPermissionError(
+            f"no permission to inspect pid {pid}: run as root or as its user, or grant CAP_SYS_PTRACE") from None
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    if _go_checked.get(key):
+        return
+    from goprobe.dwarf.elf import ElfImage
+
+    try:
+        with ElfImage(exe) as img:
+            arch = img.arch
+            img.go_version  # noqa: B018 - raises NotGoBinaryError
+    except (NotELFError, NotGoBinaryError, UnsupportedArchitectureError):
+        raise NotGoBinaryError(f"pid {pid} ({real}) is not a Go program; goprobe pauses programs built by "
+                               "the Go toolchain") from None
+    if arch != "amd64":
+        raise UnsupportedArchitectureError(f"pid {pid} ({real}) is an {arch} program; pausing needs amd64")
+    _go_checked[key] = True
+
+
+# --------------------------------------------------------------------------------------------------------
+# Signal deferral
+
+
+class _SignalExit(SystemExit):
+    """Unwinds the ``with`` body for a signal whose default action is to terminate the process."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class _SignalGuard:
+    """Defers SIGINT/SIGTERM while threads are being stopped or resumed; passes them on inside the body.
+
+    Inside the ``with`` body a signal behaves as usual (KeyboardInterrupt is raised there, so ``__exit__``
+    resumes the process before it propagates); a signal whose disposition is SIG_DFL unwinds the body and is
+    re-raised with that disposition after the last detach, so the process still dies of it.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.pending: list[int] = []
+        self.in_body = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python runs handlers on the main thread only; a signal there unwinds it, not us
+        for s in self.SIGNALS:
+            prev = signal.getsignal(s)
+            if prev is None:  # a handler installed from C: it could not be put back, so leave it alone
+                continue
+            self.previous[s] = prev
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.in_body:
+            self._dispatch(signum, frame)
+        elif signum not in self.pending:
+            self.pending.append(signum)
+
+    def _dispatch(self, signum: int, frame) -> None:
+        prev = self.previous[signum]
+        if prev == signal.SIG_IGN:
+            return
+        if prev == signal.SIG_DFL:
+            self.in_body = False
+            if signum not in self.pending:
+                self.pending.append(signum)
+            raise _SignalExit(signum)
+        prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
+
+    def enter_body(self) -> None:
+        """Start passing signals on; deliver those that arrived while threads were being stopped."""
+        self.in_body = True
+        pending, self.pending = self.pending, []
+        for s in pending:
+            if self.in_body:
+                self._dispatch(s, None)
+            else:
+                self.pending.append(s)
+
+    def leave_body(self) -> None:
+        self.in_body = False
+
+    def restore_and_deliver(self) -> None:
+        """Put the previous handlers back and re-raise deferred signals under them."""
+        for s, prev in self.previous.items():
+            signal.signal(s, prev)
+        self.previous = {}
+        pending, self.pending = self.pending, []
+        for s in pending:
+            signal.raise_signal(s)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The tracer thread
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Tracer:
+    """Owns the ptrace relationship; every ptrace call of one pause happens on its thread."""
+
+    def __init__(self, pid: int, timeout: float) -> None:
+        self.pid = pid
+        self.timeout = timeout
+        self.stopped = threading.Event()  # set when the threads are stopped (or stopping failed)
+        self.resume = threading.Event()  # set by the owner to resume
+        self.error: BaseException | None = None
+        self.threads: list[ThreadState] = []
+        self.seized: set[int] = set()
+        self.signals: dict[int, int] = {}  # stopped tid → signal to hand back on detach (0: none)
+        self.died = False
+        self.t_first = 0
+        self.stop_ns = 0
+        self.pause_ns: int | None = None
+        self.thread = threading.Thread(target=self._run, name=f"goprobe-pause-{pid}", daemon=True)
+
+    # Runs on the tracer thread.
+    def _run(self) -> None:
+        # Signals go to the main thread, where Python handles them; here they would only interrupt syscalls.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SignalGuard.SIGNALS)
+        try:
+            try:
+                self._stop_all()
+            except BaseException as exc:  # noqa: BLE001 - handed to the owner after the cleanup below
+                self.error = exc
+                self._detach_all()
+                return
+            finally:
+                self.stopped.set()
+            self.resume.wait()
+            self._detach_all()
+        finally:
+            # Returning ends the thread: the kernel detaches (and wakes) anything still traced.
+            self.stopped.set()
+
+    def _stop_all(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        known: set[int] = set()
+        pending: set[int] = set()
+        while True:
+            new = [t for t in _list_tasks(self.pid) if t not in known]
+            if not new:
+                break
+            for tid in new:
+                known.add(tid)
+                if self._seize(tid):
+                    pending.add(tid)
+            self._wait_stops(pending, deadline)
+        self.stop_ns = time.monotonic_ns() - self.t_first if self.t_first else 0
+        if not self.signals:
+            self.died = True
+            raise ProcessExitedError(f"pid {self.pid} exited while it was being paused")
+        regs = _libc.ffi.new("struct user_regs_struct *")
+        words = _libc.ffi.cast("unsigned long *", regs)
+        n = len(_libc.USER_REGS_FIELDS)
+        for tid in sorted(self.signals, key=lambda t: (t != self.pid, t)):
+            r, err = _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, regs)
+            if r == -1:
+                if err == errno.ESRCH:  # killed while stopped
+                    continue
+                raise ProcessError(f"PTRACE_GETREGS on thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
+            self.threads.append(ThreadState(tid, _libc.regs_from_user_regs(_libc.ffi.unpack(words, n))))
+        if not self.threads:
+            self.died = True
+            raise ProcessExitedError(f"pid {self.pid} exited while it was being paused")
+
+    def _seize(self, tid: int) -> bool:
+        r, err = _libc.ptrace(_libc.PTRACE_SEIZE, tid, 0, 0)
+        if r == -1:
+            if err == errno.ESRCH or _proc_state(self.pid, tid) in (None, "Z", "X"):
+                return False  # exited between the listing and now
+            if err == errno.EPERM:
+                tracer = _tracer_of(self.pid, tid)
+                if tracer:
+                    raise ProcessPermissionError(
+                        f"thread {tid} of pid {self.pid} is already traced by pid {tracer} (a debugger?); "
+                        "detach it first")
+                raise ProcessPermissionError(
+                    f"no permission to trace pid {self.pid}: run as root or set kernel.yama.ptrace_scope=0 / "
+                    "grant CAP_SYS_PTRACE")
+            raise ProcessError(f"PTRACE_SEIZE of thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
+        self.seized.add(tid)
+        if not self.t_first:
+            self.t_first = time.monotonic_ns()
+        _libc.ptrace(_libc.PTRACE_INTERRUPT, tid)  # ESRCH: it is dying; waitpid reports its exit
+        return True
+
+    def _wait_stops(self, pending: set[int], deadline: float) -> None:
+        delay = 0.0
+        while pending:
+            progressed = False
+            for tid in sorted(pending):
+                r, status, err = _libc.waitpid(tid, _libc.WALL | _libc.WNOHANG)
+                if r == 0:
+                    continue
+                if r == -1 and err == errno.EINTR:
+                    continue
+                progressed = True
+                pending.discard(tid)
+                if r == -1 or os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    self.seized.discard(tid)  # gone (and reaped by this wait)
+                elif os.WIFSTOPPED(status):
+                    event = status >> 16
+                    # A signal-delivery stop: hand the signal back on detach. Interrupt or group stop: nothing.
+                    self.signals[tid] = os.WSTOPSIG(status) if event == 0 else 0
+            if not pending:
+                break
+            if progressed:
+                delay = 0.0
+                continue
+            if time.monotonic() > deadline:
+                raise _Timeout(sorted(pending))
+            # Threads stop within microseconds unless busy in the kernel; back off gently.
+            delay = min(delay * 2 or 20e-6, 1e-3)
+            time.sleep(delay)
+
+    def _detach_all(self) -> None:
+        gone = 0
+        # Seized threads not yet seen stopped (error paths only) fail with ESRCH while running; our thread's
+        # exit releases those.
+        for tid in sorted(self.seized):
+            r, err = _libc.ptrace(_libc.PTRACE_DETACH, tid, 0, self.signals.get(tid, 0))
+            if r == -1 and tid in self.signals:
+                gone += 1
+                # Killed while stopped: reap it if it is already a zombie (our thread's exit does the rest).
+                _libc.waitpid(tid, _libc.WALL | _libc.WNOHANG)
+        self.seized = set()
+        if self.t_first:
+            self.pause_ns = time.monotonic_ns() - self.t_first
+        if self.signals and gone == len(self.signals):
+            self.died = True
+        self.signals = {}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public API
+
+
+class PausedProcess:
+    """A Go process with every thread stopped; a context manager that resumes it on exit.
+
+    Attributes: ``pid``; ``threads`` (:class:`ThreadState` of each thread at the pause, the main thread
+    first); ``memory`` (:class:`ProcessMemory`); ``stop_ns`` (time to stop every thread); ``pause_ns``
+    (filled on resume: time from the first stop request to the last thread resumed).
+
+    Leaving the ``with`` block resumes every thread, whether it ends normally, by an exception or by
+    SIGINT/SIGTERM. If the process died during the pause, leaving raises :class:`ProcessExitedError`.
+    """
+
+    def __init__(self, tracer: _Tracer, guard: _SignalGuard) -> None:
+        self._tracer = tracer
+        self._guard = guard
+        self.pid = tracer.pid
+        self.threads: list[ThreadState] = tracer.threads
+        self.memory = ProcessMemory(tracer.pid)
+        self.stop_ns: int = tracer.stop_ns
+        self.pause_ns: int | None = None
+        self._done = False
+        # If this object is dropped without resume(), the tracer thread still detaches.
+        self._finalizer = weakref.finalize(self, tracer.resume.set)
+
+    def __enter__(self) -> PausedProcess:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.resume()
+        except ProcessExitedError:
+            # The death explains the body's exception (e.g. a failed read) better; interrupts keep priority.
+            if exc is None or isinstance(exc, Exception):
+                raise
+        return False
+
+    @property
+    def resumed(self) -> bool:
+        return self._done
+
+    def resume(self) -> None:
+        """Resume every thread (idempotent); raises :class:`ProcessExitedError` if the process died meanwhile."""
+        if self._done:
+            return
+        self._done = True
+        self._guard.leave_body()
+        t = self._tracer
+        try:
+            t.resume.set()
+            t.thread.join()
+            self._finalizer.detach()
+        finally:
+            self.pause_ns = t.pause_ns
+            self._guard.restore_and_deliver()
+        # Only the detach results count: a process may well exit right after it was resumed.
+        if t.died:
+            raise ProcessExitedError(f"pid {self.pid} exited while paused (killed?); nothing was left traced")
+
+
+def pause(pid: int, *, timeout: float = 2.0) -> PausedProcess:
+    """Stop every thread of Go process *pid* and read their registers; use the result as a context manager.
+
+    ``with pause(pid) as p:`` — inside, ``p.threads`` and ``p.memory`` show the process frozen; on exit every
+    thread resumes. Threads started while the pause is being set up are stopped too; threads that exit
+    meanwhile are dropped. Keep the body short: the program is frozen for its whole duration.
+
+    Raises :class:`ProcessNotFoundError`, :class:`ProcessExitedError`, :class:`ProcessPermissionError`,
+    :class:`NotGoBinaryError` (not a Go program), or :class:`ProcessError` when a thread does not stop within
+    *timeout* seconds (every thread is released before any of these is raised).
+    """
+    _check_target(pid)
+    guard = _SignalGuard()
+    guard.install()
+    tracer = _Tracer(pid, timeout)
+    try:
+        tracer.thread.start()
+        tracer.stopped.wait()
+        if tracer.error is not None:
+            tracer.thread.join()
+            err = tracer.error
+            if isinstance(err, _Timeout):
+                tids = ", ".join(map(str, err.args[0]))
+                raise ProcessError(
+                    f"pid {pid}: thread(s) {tids} did not stop within {timeout} s (stuck in uninterruptible "
+                    "kernel work such as disk or NFS I/O?); every thread was released; retry or raise timeout")
+            if isinstance(err, GoprobeError):
+                raise err
+            raise ProcessError(f"pausing pid {pid} failed: {err!r}") from err
+    except BaseException:
+        tracer.resume.set()
+        if tracer.thread.is_alive():
+            tracer.thread.join()
+        guard.restore_and_deliver()
+        raise
+    paused = PausedProcess(tracer, guard)
+    try:
+        guard.enter_body()
+    except BaseException:
+        try:
+            paused.resume()
+        except ProcessExitedError:
+            pass
+        raise
+    return paused

@@ -1,0 +1,198 @@
+"""Snapshots: compile a request, pause the target, run the plan, resume, then decode into the JSON schema
+of ``docs/snapshot-json.md``."""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import Any
+
+from goprobe.backends.interpreter.snapshot import RawSnapshot, run_snapshot
+from goprobe.decoder import ValueDecoder, hexaddr
+from goprobe.dwarf.binary import GoBinary
+from goprobe.ir.snapshot import G_STATUS, SnapshotPlan
+
+
+def wait_reasons(b: GoBinary) -> dict[int, str]:
+    """runtime.waitReasonStrings, read from the binary's initialised data (no process needed)."""
+    try:
+        g = b.global_variable("runtime.waitReasonStrings")
+        t = b.type_at(g.type_offset)
+        raw = b.elf.read_vaddr(g.address, t.size)
+    except Exception:  # noqa: BLE001 - best effort: an older or changed runtime just loses the names
+        return {}
+    out = {}
+    for i in range(len(raw) // 16):
+        ptr, n = struct.unpack_from("<QQ", raw, 16 * i)
+        try:
+            out[i] = b.elf.read_vaddr(ptr, n).decode("utf-8", "replace") if n else ""
+        except ValueError:
+            pass
+    return out
+
+
+def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: int | None = None,
+                    pause_ns: int | None = None) -> dict[str, Any]:
+    """Turn a raw snapshot into the documented JSON structure (one process)."""
+    reasons = wait_reasons(b)
+
+    @lru_cache(maxsize=None)
+    def func_name(pc: int) -> str | None:
+        sym = b.elf.function_symbol_at(pc)
+        return sym.name if sym else None
+
+    decoder = ValueDecoder(plan.types, func_name=func_name,
+                           type_name=lambda addr: None)
+    goroutines = []
+    for g in raw.goroutines:
+        frames = []
+        for f in g.frames:
+            lookup = f.pc if f.top or not frames else f.pc - 1
+            logical = b.frames_at(lookup) or [(func_name(f.pc) or "?", "?", 0)]
+            captured = {}
+            for function, inlined, caps in f.captures:
+                values = {}
+                for c in caps:
+                    if c.data is None:
+                        values[c.label] = {"@unavailable": c.unavailable}
+                    else:
+                        values[c.label], _ = decoder.decode(c.data, 0, c.type)
+                captured[(function, inlined)] = values
+            for i, (function, file, line) in enumerate(logical):
+                inlined = i < len(logical) - 1
+                frame = {"function": function, "file": file, "line": line, "pc": hexaddr(f.pc), "inlined": inlined}
+                variables = captured.get((function, inlined)) or (
+                    captured.get((_base(function), inlined)) if "[" in function else None)
+                if variables is not None:
+                    frame["variables"] = variables
+                frames.append(frame)
+        entry = {"goid": g.goid, "status": G_STATUS.get(g.status, str(g.status)),
+                 "wait_reason": reasons.get(g.wait_reason, "") if g.status == 4 else "", "frames": frames}
+        if g.tid is not None:
+            entry["thread"] = g.tid
+        if g.truncated:
+            entry["@truncated"] = "frames"
+        goroutines.append(entry)
+    proc: dict[str, Any] = {"pid": pid, "binary": str(b.path), "go_version": b.go_version, "pause_ns": pause_ns,
+                            "goroutines": goroutines}
+    if raw.errors:
+        proc["errors"] = list(raw.errors)
+    return proc
+
+
+def _base(name: str) -> str:
+    return name.split("[", 1)[0]
+
+
+def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, limits=None,
+                  goroutine_filter: str | None = None) -> dict[str, Any]:
+    """Snapshot every goroutine of each process in *pids*.
+
+    *request* is a :class:`~goprobe.request.SnapshotRequest` or a mapping ``{function: [expression, ...]}``.
+    Each process is paused only while its memory is read (all threads seized, then resumed and detached on
+    every path); decoding happens after it runs again. Returns ``{"processes": [...]}`` as documented in
+    ``docs/snapshot-json.md``.
+    """
+    from goprobe.process import pause
+
+    req = _as_request(request, limits, goroutine_filter)
+    out = []
+    for pid in pids:
+        b = binary or GoBinary(f"/proc/{pid}/exe")
+        try:
+            _refuse_pie(b, pid)
+            plan = compile_request(b, req)
+            with pause(pid) as paused:
+                raw = run_snapshot(plan, b, paused.memory, paused.threads, req.limits)
+            out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns), req))
+        finally:
+            if binary is None:
+                b.close()
+    return {"processes": out}
+
+
+def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
+                  goroutine_filter: str | None = None) -> dict[str, Any]:
+    """The same snapshot from an ELF core file of the process (e.g. from gcore or GOTRACEBACK=crash)."""
+    from goprobe.process import CoreFile
+
+    req = _as_request(request, limits, goroutine_filter)
+    core = CoreFile(core_path)
+    with GoBinary(binary_path) as b:
+        plan = compile_request(b, req)
+        raw = run_snapshot(plan, b, core.memory, core.threads, req.limits)
+        proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
+    proc["core"] = str(core_path)
+    return {"processes": [proc]}
+
+
+def compile_request(b: GoBinary, req) -> SnapshotPlan:
+    from goprobe.ir.snapshot import compile_snapshot
+
+    functions = {fn: [c.text for c in caps] for fn, caps in req.functions.items()}
+    return compile_snapshot(b, functions, max_frames=req.limits.frames_per_goroutine,
+                            max_goroutines=req.limits.goroutines, goroutine_filter=req.goroutine_filter)
+
+
+def _as_request(request, limits, goroutine_filter):
+    from goprobe.request import Limits, SnapshotRequest
+
+    if isinstance(request, SnapshotRequest):
+        if limits is not None or goroutine_filter is not None:
+            import attrs
+
+            request = attrs.evolve(request, limits=limits or request.limits,
+                                   goroutine_filter=goroutine_filter or request.goroutine_filter)
+        return request
+    return SnapshotRequest.build(request or {}, limits=limits or Limits(), goroutine_filter=goroutine_filter)
+
+
+def _filtered(proc: dict[str, Any], req) -> dict[str, Any]:
+    if not req.all_goroutines:
+        proc["goroutines"] = [g for g in proc["goroutines"] if any("variables" in f for f in g["frames"])]
+    return proc
+
+
+def _refuse_pie(b: GoBinary, pid: int) -> None:
+    from goprobe.errors import ProcessError
+
+    if b.is_pie:
+        raise ProcessError(f"pid {pid}: {b.path} is a position-independent executable; snapshots of PIE "
+                           "binaries are not supported yet — build with -buildmode=exe (the default on Linux)")
+
+
+def render_text(result: dict[str, Any], *, max_groups: int = 50) -> str:
+    """A person's view: per process, goroutines grouped by identical stacks (largest group first), with
+    captured variables under their frames."""
+    import json
+
+    lines: list[str] = []
+    for proc in result["processes"]:
+        pause = f"{proc['pause_ns'] / 1e6:.2f} ms pause" if proc.get("pause_ns") is not None else "core file"
+        lines.append(f"pid {proc['pid']}  {proc['binary']}  {proc['go_version']}  "
+                     f"{len(proc['goroutines'])} goroutines  ({pause})")
+        groups: dict[tuple, list[dict]] = {}
+        for g in proc["goroutines"]:
+            key = tuple((f["function"], f["file"], f["line"]) for f in g["frames"])
+            if any("variables" in f for f in g["frames"]):
+                key = key + (("#goid", g["goid"], 0),)  # goroutines with captured values stay separate
+            groups.setdefault(key, []).append(g)
+        ordered = sorted(groups.values(), key=lambda gs: (-len(gs), gs[0]["goid"]))
+        for gs in ordered[:max_groups]:
+            g = gs[0]
+            state = g["status"] + (f" ({g['wait_reason']})" if g.get("wait_reason") else "")
+            ids = ", ".join(str(x["goid"]) for x in gs[:8]) + (" …" if len(gs) > 8 else "")
+            lines.append("")
+            lines.append(f"  {len(gs)} goroutine{'s' if len(gs) > 1 else ''} [{state}]: {ids}")
+            for f in g["frames"]:
+                short = "/".join(f["file"].split("/")[-2:])
+                lines.append(f"    {f['function']}{' (inlined)' if f['inlined'] else ''}  {short}:{f['line']}")
+                for name, value in f.get("variables", {}).items():
+                    text = json.dumps(value, ensure_ascii=False)
+                    if len(text) > 200:
+                        text = text[:197] + "..."
+                    lines.append(f"        {name} = {text}")
+        if len(ordered) > max_groups:
+            lines.append(f"\n  … {len(ordered) - max_groups} more groups (use --json for everything)")
+        lines.append("")
+    return "\n".join(lines)

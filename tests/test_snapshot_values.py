@@ -1,0 +1,179 @@
+"""Snapshot values against the truth the kinds fixture reports, and goroutine stacks against the Go runtime's
+own traceback, on every Go version and build mode (interpreter backend)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import build_fixture
+from goprobe import GoBinary
+from goprobe.request import Limits
+from goprobe.snapshot import take_snapshot
+from goprobe.testing.fixture_process import running
+
+
+def to_truth_form(v, t, b):
+    """goprobe's JSON for a value of DWARF type *t* → the fixture's truth encoding (which wraps pointees and
+    dynamic values in "value", lists maps as sorted entries, channels as len/cap, funcs as {"func"})."""
+    if v is None or not isinstance(v, (dict, list)):
+        return v
+    if isinstance(v, dict) and "@unavailable" in v:
+        return v
+    k = t.kind
+    if k == "ptr":
+        if v.get("@cycle"):
+            return {"@addr": v["@addr"]}
+        inner = v["@value"] if "@value" in v else {x: y for x, y in v.items() if not x.startswith("@")}
+        return {"@addr": v["@addr"], "value": to_truth_form(inner, t.elem, b)}
+    if k == "interface":
+        dyn = b.type_named(v["@type"])
+        inner = v["@value"] if "@value" in v else {x: y for x, y in v.items() if not x.startswith("@")}
+        return {"@type": v["@type"], "value": to_truth_form(inner, dyn, b)}
+    if k == "struct":
+        return {f.name: to_truth_form(v[f.name], t.field_type(f), b) for f in t.fields}
+    if k in ("slice", "array"):
+        if isinstance(v, dict):  # truncated
+            return {"len": v["@len"], "cap": v.get("@cap"), "first": [to_truth_form(x, t.elem, b) for x in
+                                                                     v["@value"][:5]]}
+        return [to_truth_form(x, t.elem, b) for x in v]
+    if k == "map":
+        if "@entries" in v:
+            n, entries = v["@len"], v["@entries"]
+        elif "@value" in v:
+            n, entries = v["@len"], list(v["@value"].items())
+        else:
+            n, entries = len(v), list(v.items())
+        if n > 20:
+            return {"len": n}
+        pairs = [[to_truth_form(a, t.key, b), to_truth_form(c, t.elem, b)] for a, c in entries]
+        return {"len": n, "entries": sorted(pairs, key=lambda e: json.dumps(e[0], sort_keys=True))}
+    if k == "chan":
+        return {"len": v["len"], "cap": v["cap"]}
+    if k == "func":
+        return {"func": v["@func"]}
+    return v
+
+
+def _norm_fn(name: str) -> str:
+    return re.sub(r"\[[^\]]*\]", "[...]", name)
+
+
+@pytest.fixture
+def kinds_snapshot(go_version, build_mode):
+    binary = build_fixture("kinds", go_version, build_mode)
+    with GoBinary(binary, use_cache=False) as b, running(binary) as proc:
+        truth = proc.truth
+        request: dict[str, list[str]] = {}
+        optimised_out = []
+        for v in truth["variables"]:
+            names = {x.name for fn in b.functions(v["func"]) for x in fn.variables} | {
+                x.name for _c, call in b.inlined_copies(v["func"].replace("[...]", "")) for x in call.variables}
+            if v["name"] in names:
+                request.setdefault(v["func"], [])
+                if v["name"] not in request[v["func"]]:
+                    request[v["func"]].append(v["name"])
+            else:
+                optimised_out.append((v["func"], v["name"]))
+        limits = Limits(string_bytes=1 << 16, collection_bytes=4096, map_entries=1 << 12)
+        snap = take_snapshot([proc.pid], request, binary=b, limits=limits)
+        types = {(v["func"], v["name"]): _var_type(b, v["func"], v["name"]) for v in truth["variables"]
+                 if (v["func"], v["name"]) not in optimised_out}
+    return truth, snap["processes"][0], optimised_out, types, binary
+
+
+def _var_type(b, func, name):
+    for fn in b.functions(func):
+        for v in fn.variables:
+            if v.name == name:
+                return b.type_at(v.type_offset)
+    for _c, call in b.inlined_copies(func.replace("[...]", "")):
+        for v in call.variables:
+            if v.name == name:
+                return b.type_at(v.type_offset)
+    return None
+
+
+def test_captured_values_equal_the_programs_truth(kinds_snapshot, build_mode):
+    truth, proc, optimised_out, types, binary = kinds_snapshot
+    got = {}
+    for g in proc["goroutines"]:
+        for f in g["frames"]:
+            for name, value in f.get("variables", {}).items():
+                got[(_norm_fn(f["function"]), name)] = value
+    wrong, unavailable = [], []
+    for v in truth["variables"]:
+        key = (v["func"], v["name"])
+        if key in optimised_out:
+            continue
+        if key not in got:
+            unavailable.append((key, "frame not found"))
+            continue
+        value = got[key]
+        if isinstance(value, dict) and "@unavailable" in value:
+            unavailable.append((key, value["@unavailable"]))
+            continue
+        want = v["value"]
+        if v.get("encoding") == "decimal-string":
+            want = int(want)
+        with GoBinary(binary, use_cache=False) as b:
+            t = types[key]
+            if t.dict_index is not None:  # generic: the real type is the truth's
+                t = b.type_named(v["type"])
+            got_form = to_truth_form(value, t, b)
+        if got_form != want:
+            wrong.append((key, got_form, want))
+    assert not wrong, wrong[:5]
+    if build_mode == "debug":
+        assert not unavailable, unavailable
+    else:
+        # Optimised code keeps some values only in registers of callee frames: goprobe must say so rather
+        # than guess. Most are still readable.
+        assert len(unavailable) <= len(truth["variables"]) // 4, unavailable
+        assert all("register" in why or "optimised" in why for _k, why in unavailable), unavailable
+
+
+def test_goroutine_stacks_equal_the_runtimes(go_version, build_mode):
+    from test_goroutines_fixture_stacks import parse_stacks
+
+    binary = build_fixture("goroutines", go_version, build_mode)
+    with GoBinary(binary, use_cache=False) as b, running(binary) as proc:
+        truth = proc.truth
+        snap = take_snapshot([proc.pid], {}, binary=b)["processes"][0]
+    by_goid = {g["goid"]: g for g in snap["goroutines"]}
+    runtime_stacks = parse_stacks(truth["stacks"])
+    headers = re.findall(r"^goroutine (\d+) \[", truth["stacks"], re.M)
+    assert len(headers) == len(runtime_stacks)
+    parked = {g for name, g in truth["goroutines"].items() if name not in ("main", "busy")}
+    assert parked <= set(by_goid), parked - set(by_goid)
+    compared = 0
+    for goid, frames in zip(headers, runtime_stacks):
+        goid = int(goid)
+        if goid not in parked:
+            continue  # only goroutines parked for good keep the stack the truth recorded
+        ours = [(f["function"], f["file"], f["line"]) for f in by_goid[goid]["frames"]]
+        shown = {fn for fn, *_ in frames}
+        # The runtime hides its own frames below the first; keep ours comparable.
+        ours = [x for x in ours if x[0] in shown or not x[0].startswith("runtime.")]
+        want = [(fn, file, line) for fn, file, line, _off in frames]
+        if by_goid[goid]["status"] == "syscall":
+            # The runtime starts a syscall goroutine's traceback at the PC where it entered the system call
+            # (runtime_entersyscall); goprobe reads the thread's registers, so it also shows the frames inside
+            # the call and the entry function's current line. From the entry function's caller on, they agree.
+            names = [f for f, *_ in ours]
+            assert want[0][0] in names, (goid, want[0], names)
+            ours = ours[names.index(want[0][0]) + 1:]
+            want = want[1:]
+        norm = lambda fs: [(_norm_fn(a), b_, c) for a, b_, c in fs]  # noqa: E731
+        if ("...", "", 0) in want:  # the runtime elided the middle of a deep stack: compare both ends
+            cut = want.index(("...", "", 0))
+            head, tail = want[:cut], want[cut + 1:]
+            assert norm(ours[:len(head)]) == norm(head), goid
+            assert norm(ours[len(ours) - len(tail):]) == norm(tail), goid
+            assert len(ours) > len(head) + len(tail)
+        else:
+            assert norm(ours[:len(want)]) == norm(want), goid
+        compared += 1
+    assert compared == len(parked)
