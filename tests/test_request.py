@@ -201,7 +201,7 @@ def test_probe_point_parse_keeps_function_names(function):
 # ------------------------------------------------------------------------------------------ file forms
 
 def doc_blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", DOCS.read_text(), re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", DOCS.read_text(), re.DOTALL)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -234,7 +234,7 @@ def test_documented_examples_load(tmp_path):
 
 
 def test_documented_limit_defaults_match():
-    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+) \|", DOCS.read_text(), re.M))
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+) \|", DOCS.read_text(), re.MULTILINE))
     assert {k: int(v) for k, v in rows.items()} == attrs.asdict(Limits())
 
 

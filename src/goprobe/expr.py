@@ -386,8 +386,7 @@ def _int_value(s: str) -> int | None:
     base = s[1].lower()
     if base in _DIGITS:
         digits = s[2:].removeprefix("_").lower()
-        alphabet = "0123456789abcdef" if base == "x" else _DIGITS[base]
-        if not digits or digits.startswith("_") or not set(digits.replace("_", "")) <= set(alphabet):
+        if not digits or not set(digits.replace("_", "")) <= set(_DIGITS[base]):
             return None
         return int(digits.replace("_", ""), {"b": 2, "o": 8, "x": 16}[base])
     digits = s[1:].removeprefix("_")  # legacy octal: 0777, 0_7

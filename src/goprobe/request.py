@@ -10,6 +10,7 @@ raises :class:`~goprobe.errors.RequestError` naming the key and the fix; express
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import itertools
 import json
 import math
 import os
@@ -203,7 +204,7 @@ def _optional_positive(value: object, key: str, kinds: str = "integer") -> None:
     if value is None:
         return
     ok = _is_int(value) if kinds == "integer" else (
-        (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)))
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
     if not ok or value <= 0:
         raise RequestError(f"must be a positive {kinds} or absent, got {value!r}", key=key)
 
@@ -279,7 +280,7 @@ def _top_level(text: str, targets: str) -> Iterable[int]:
 def split_expressions(text: str) -> list[str]:
     """Split comma-separated expressions at commas outside brackets and strings (``m["a,b"], f(x)[1]``)."""
     cuts = [-1, *_top_level(text, ","), len(text)]
-    return [text[a + 1:b].strip() for a, b in zip(cuts, cuts[1:])]
+    return [text[a + 1:b].strip() for a, b in itertools.pairwise(cuts)]
 
 
 def parse_capture_spec(spec: str) -> tuple[str, tuple[Capture, ...]]:

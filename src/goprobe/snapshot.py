@@ -3,6 +3,7 @@ of ``docs/snapshot-json.md``."""
 
 from __future__ import annotations
 
+import os
 import struct
 from functools import lru_cache
 from typing import Any
@@ -95,9 +96,13 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     """
     from goprobe.process import pause
 
+    from goprobe.errors import ProcessNotFoundError
+
     req = _as_request(request, limits, goroutine_filter)
     out = []
     for pid in pids:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
         b = binary or GoBinary(f"/proc/{pid}/exe")
         try:
             _refuse_pie(b, pid)
@@ -120,10 +125,31 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
     core = CoreFile(core_path)
     with GoBinary(binary_path) as b:
         plan = compile_request(b, req)
-        raw = run_snapshot(plan, b, core.memory, core.threads, req.limits)
+        raw = run_snapshot(plan, b, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
         proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
     proc["core"] = str(core_path)
     return {"processes": [proc]}
+
+
+class _CoreWithExecutable:
+    """Core memory, falling back to the executable's own file image: cores often leave out read-only
+    file-backed mappings (code, read-only data), which the binary holds unchanged."""
+
+    def __init__(self, core_memory, b: GoBinary) -> None:
+        self._core = core_memory
+        self._b = b
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        data = self._core.read(addr, size)
+        if data is None and not self._b.is_pie:
+            try:
+                return self._b.elf.read_vaddr(addr, size)
+            except ValueError:
+                return None
+        return data
+
+    def read_many(self, spans):
+        return [self.read(a, n) for a, n in spans]
 
 
 def compile_request(b: GoBinary, req) -> SnapshotPlan:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from goprobe.backends.interpreter.access import PathError, evaluate
+from goprobe.backends.interpreter.page_cache import PageCache
 from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 from goprobe.dwarf import expressions as E
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
@@ -27,6 +28,8 @@ RSP, RBP, RIP = 7, 6, 16
 # DWARF register number → name in a ThreadState's regs (amd64).
 _REG_NAMES = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp", 8: "r8", 9: "r9",
               10: "r10", 11: "r11", 12: "r12", 13: "r13", 14: "r14", 15: "r15", 16: "rip"}
+
+_PREFETCH_STACK = 256 * 1024  # larger used stacks are read page by page as frames need them
 
 _STOP_FUNCTIONS = frozenset({"runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.rt0_go",
                              "runtime.systemstack_switch"})
@@ -68,7 +71,8 @@ class SnapshotInterpreter:
     def __init__(self, plan: SnapshotPlan, binary: GoBinary, memory, threads: Sequence, limits) -> None:
         self.plan = plan
         self.b = binary
-        self.mem = memory
+        self.mem = PageCache(memory)
+        self._pcs: dict[int, tuple] = {}
         self.threads = {t.tid: t for t in threads}
         self.limits = limits
         self.rt = RuntimeTypeInfo(binary.runtime)
@@ -87,9 +91,20 @@ class SnapshotInterpreter:
         if arr is None:
             return RawSnapshot((), ("cannot read the goroutine list (runtime.allgs)",))
         by_thread = self._thread_goroutines()
+        gps = [gp for (gp,) in struct.iter_unpack("<Q", arr) if gp]
+        self.mem.prefetch((gp, gl.g_size) for gp in gps)  # every g in one batch
+        gs = [self.mem.read(gp, gl.g_size) for gp in gps]
+        # Each goroutine's used stack, in one more batch: its frames are read from there.
+        spans = []
+        for g in gs:
+            if g is not None:
+                sp = _U64.unpack_from(g, gl.sched_sp)[0]
+                hi = _U64.unpack_from(g, gl.stack_hi)[0]
+                if 0 < sp < hi and hi - sp <= _PREFETCH_STACK:
+                    spans.append((sp, hi - sp))
+        self.mem.prefetch(spans)
         out = []
-        for (gp,) in struct.iter_unpack("<Q", arr):
-            g = self.mem.read(gp, gl.g_size) if gp else None
+        for gp, g in zip(gps, gs):
             if g is None:
                 continue
             status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
@@ -131,48 +146,57 @@ class SnapshotInterpreter:
         tid = thread.tid if thread is not None else None
         return RawGoroutine(goid, status, g[gl.waitreason], tid, tuple(frames), truncated)
 
+    def _pc_info(self, pc: int) -> tuple:
+        """Per-PC facts, memoised for the run: (CFA register, CFA offset) or None, whether unwinding stops
+        here, and the frame plans whose code contains the PC."""
+        info = self._pcs.get(pc)
+        if info is None:
+            r = self.b.frame_rule(pc)
+            sym = self.b.elf.function_symbol_at(pc)
+            stop = sym is None or sym.name in _STOP_FUNCTIONS
+            plans = tuple(fp for lo, hi, fp in self._frame_plans if lo <= pc < hi)
+            info = self._pcs[pc] = (None if r is None else (r.cfa_reg, r.cfa_offset), stop, plans)
+        return info
+
     def _unwind(self, pc: int, sp: int, bp: int, regs) -> tuple[list[RawFrame], bool]:
         frames: list[RawFrame] = []
-        b = self.b
+        read = self.mem.read
         top = regs is not None
         for _ in range(self.plan.max_frames):
             if pc == 0:
                 return frames, False
             lookup = pc if (top or not frames) else pc - 1  # a return address: its call is at pc-1
-            rule = b.frame_rule(lookup)
-            cfa = None
-            if rule is not None and rule.cfa_reg == RSP:
-                cfa = sp + rule.cfa_offset
-            elif rule is not None and rule.cfa_reg == RBP:
-                cfa = bp + rule.cfa_offset
+            rule, stop, plans = self._pc_info(lookup)
+            if rule is not None and rule[0] == RSP:
+                cfa = sp + rule[1]
+            elif rule is not None and rule[0] == RBP:
+                cfa = bp + rule[1]
             elif bp:
-                cfa = bp + 16  # no CFI: frame pointer chain
-            frames.append(RawFrame(pc, sp, top, self._captures(lookup, cfa, regs if top else None)))
-            sym = b.elf.function_symbol_at(lookup)
-            if sym is None or sym.name in _STOP_FUNCTIONS or cfa is None:
+                cfa = bp + 16  # no CFI: follow the frame pointer chain
+            else:
+                cfa = None
+            captures = tuple((fp.function, fp.inlined, self._capture_frame(fp, lookup, cfa, regs if top else None))
+                             for fp in plans) if plans else ()
+            frames.append(RawFrame(pc, sp, top, captures))
+            if stop or cfa is None:
                 return frames, False
-            ret = self.mem.read(cfa - 8, 8)
+            ret = read(cfa - 8, 8)
             if ret is None:
                 return frames, False
-            saved_bp = self.mem.read(cfa - 16, 8)
             pc = _U64.unpack(ret)[0]
-            if saved_bp is not None and rule is not None and rule.cfa_offset > 8:
-                bp = _U64.unpack(saved_bp)[0]
+            if rule is None or rule[0] != RSP:
+                # Only frame-pointer unwinding needs the caller's BP (saved just below the return address).
+                saved = read(cfa - 16, 8)
+                bp = _U64.unpack(saved)[0] if saved else 0
+            elif rule[1] > 8:
+                saved = read(cfa - 16, 8)
+                bp = _U64.unpack(saved)[0] if saved else bp
             sp = cfa
             top = False
             regs = None
         return frames, True
 
     # -- captures ---------------------------------------------------------------------------------------
-    def _captures(self, pc: int, cfa: int | None, regs) -> tuple[tuple[str, bool, tuple[RawCapture, ...]], ...]:
-        hits = []
-        for lo, hi, fp in self._frame_plans:
-            if lo > pc:
-                break
-            if pc < hi:
-                hits.append((fp.function, fp.inlined, self._capture_frame(fp, pc, cfa, regs)))
-        return tuple(hits)
-
     def _capture_frame(self, fp: FramePlan, pc: int, cfa: int | None, regs) -> tuple[RawCapture, ...]:
         out: list[RawCapture] = []
         done: set[str] = set()
