@@ -1,8 +1,7 @@
 """``make demo``: build the bundled demo Go service, start it, run goprobe on it, stop it.
 
-goprobe's main job today is reading what a running service's binary exposes: its identity, its functions and,
-for the functions a user would probe, every parameter and local with its Go type and where it can be read.
-(Snapshots and event streams of the running process build on this.)
+goprobe's main job: a snapshot of the running service — every goroutine's stack, grouped, with values
+captured in the frames of the functions a user cares about — after a short look at what the binary exposes.
 """
 
 from __future__ import annotations
@@ -36,9 +35,11 @@ def main() -> int:
         print(f"demo service pid {service.pid}: {line}", flush=True)
         time.sleep(0.5)  # let the load generator and workers get going
         exe = f"/proc/{service.pid}/exe"  # what goprobe will attach to: the running process's binary
-        goprobe("inspect", exe)
-        for fn in FUNCTIONS:
-            goprobe("inspect", exe, fn)
+        goprobe("inspect", exe, FUNCTIONS[0])
+        goprobe("snapshot", str(service.pid),
+                "-c", "main.(*Server).handle:req.ID,req.Path,req.Headers,len(s.conns),s.cfg",
+                "-c", "main.(*Worker).run:w.ID,w.Done,w.Current",
+                "-c", "main.(*CacheHandler).Serve:key,len(c.entries)")
     finally:
         service.send_signal(signal.SIGTERM)
         try:

@@ -44,12 +44,16 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
 
     decoder = ValueDecoder(plan.types, func_name=func_name,
                            type_name=lambda addr: None)
+    @lru_cache(maxsize=None)
+    def logical_frames(pc: int) -> tuple:
+        return tuple(b.frames_at(pc)) or ((func_name(pc) or "?", "?", 0),)
+
     goroutines = []
     for g in raw.goroutines:
         frames = []
         for f in g.frames:
             lookup = f.pc if f.top or not frames else f.pc - 1
-            logical = b.frames_at(lookup) or [(func_name(f.pc) or "?", "?", 0)]
+            logical = logical_frames(lookup)
             captured = {}
             for function, inlined, caps in f.captures:
                 values = {}
@@ -187,10 +191,14 @@ def _refuse_pie(b: GoBinary, pid: int) -> None:
                            "binaries are not supported yet — build with -buildmode=exe (the default on Linux)")
 
 
-def render_text(result: dict[str, Any], *, max_groups: int = 50) -> str:
-    """A person's view: per process, goroutines grouped by identical stacks (largest group first), with
-    captured variables under their frames."""
+def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int = 10) -> str:
+    """A person's view: per process, goroutines grouped by identical stacks (largest group first); under a
+    frame with captured variables, each goroutine's values."""
     import json
+
+    def short(v: Any) -> str:
+        text = json.dumps(v, ensure_ascii=False)
+        return text if len(text) <= 160 else text[:157] + "..."
 
     lines: list[str] = []
     for proc in result["processes"]:
@@ -199,9 +207,8 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50) -> str:
                      f"{len(proc['goroutines'])} goroutines  ({pause})")
         groups: dict[tuple, list[dict]] = {}
         for g in proc["goroutines"]:
-            key = tuple((f["function"], f["file"], f["line"]) for f in g["frames"])
-            if any("variables" in f for f in g["frames"]):
-                key = key + (("#goid", g["goid"], 0),)  # goroutines with captured values stay separate
+            key = (g["status"], g.get("wait_reason", "")) + tuple(
+                (f["function"], f["file"], f["line"], f["inlined"]) for f in g["frames"])
             groups.setdefault(key, []).append(g)
         ordered = sorted(groups.values(), key=lambda gs: (-len(gs), gs[0]["goid"]))
         for gs in ordered[:max_groups]:
@@ -210,14 +217,17 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50) -> str:
             ids = ", ".join(str(x["goid"]) for x in gs[:8]) + (" …" if len(gs) > 8 else "")
             lines.append("")
             lines.append(f"  {len(gs)} goroutine{'s' if len(gs) > 1 else ''} [{state}]: {ids}")
-            for f in g["frames"]:
-                short = "/".join(f["file"].split("/")[-2:])
-                lines.append(f"    {f['function']}{' (inlined)' if f['inlined'] else ''}  {short}:{f['line']}")
-                for name, value in f.get("variables", {}).items():
-                    text = json.dumps(value, ensure_ascii=False)
-                    if len(text) > 200:
-                        text = text[:197] + "..."
-                    lines.append(f"        {name} = {text}")
+            for i, f in enumerate(g["frames"]):
+                where = "/".join(f["file"].split("/")[-2:])
+                lines.append(f"    {f['function']}{' (inlined)' if f['inlined'] else ''}  {where}:{f['line']}")
+                if "variables" not in f:
+                    continue
+                for x in gs[:max_values]:
+                    values = x["frames"][i].get("variables", {})
+                    text = "  ".join(f"{k}={short(v)}" for k, v in values.items())
+                    lines.append(f"        g{x['goid']}: {text}" if len(gs) > 1 else f"        {text}")
+                if len(gs) > max_values:
+                    lines.append(f"        … {len(gs) - max_values} more (use --json for all)")
         if len(ordered) > max_groups:
             lines.append(f"\n  … {len(ordered) - max_groups} more groups (use --json for everything)")
         lines.append("")

@@ -548,7 +548,7 @@ class GoBinary:
         if store is None:
             store = self.cache.put("types", {})
         # The units table is built only if a type is missing from the store (it needs the DWARF bytes).
-        return TypeTable(_LazyUnits(self), store)
+        return TypeTable(_LazyUnits(self), store, self.cache)
 
     def type_at(self, offset: int) -> GoType:
         return self.types.get(offset)

@@ -88,11 +88,12 @@ class GoType:
 class TypeTable:
     """Lazily parsed Go types of one binary, by DIE offset; plus indexes built on first use."""
 
-    def __init__(self, units: UnitTable, store: dict[int, GoType] | None = None) -> None:
+    def __init__(self, units: UnitTable, store: dict[int, GoType] | None = None, persist=None) -> None:
         self._units = units
         self._by_offset: dict[int, GoType] = {}
         # Persisted types (detached from any table) from the index cache; filled as types are parsed.
         self._store = store if store is not None else {}
+        self._persist = persist  # the index cache, for the whole-binary name and runtime-type indexes
         self._by_name: dict[str, int] | None = None
         self._by_runtime_type: dict[int, int] | None = None
 
@@ -182,12 +183,18 @@ class TypeTable:
         self._by_runtime_type = index
 
     def name_index(self) -> dict[str, int]:
+        if self._by_name is None and self._persist is not None:
+            stored = self._persist.get("type_indexes")
+            if stored is not None:
+                self._by_name, self._by_runtime_type = stored
         if self._by_name is None:
             self._build_indexes()
         assert self._by_name is not None
         return self._by_name
 
     def runtime_type_index(self) -> dict[int, int]:
+        if self._by_runtime_type is None:
+            self.name_index()
         if self._by_runtime_type is None:
             self._build_indexes()
         assert self._by_runtime_type is not None
@@ -220,6 +227,8 @@ class TypeTable:
                     by_rt.setdefault(rt, off)
         self._by_name = by_name
         self._by_runtime_type = by_rt
+        if self._persist is not None:
+            self._persist.put("type_indexes", (by_name, by_rt))
 
 
 def _base_kind(name: str) -> str:

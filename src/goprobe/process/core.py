@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 from goprobe.errors import CoreFileError
 from goprobe.process import _libc
@@ -55,7 +56,7 @@ class _CoreMemory(Memory):
             return b""
         i = bisect.bisect_right(self._seg_starts, addr) - 1
         if i >= 0:  # fast path: wholly inside one segment's dumped bytes
-            vaddr, memsz, offset, filesz = self._segs[i]
+            vaddr, _memsz, offset, filesz = self._segs[i]
             rel = addr - vaddr
             if rel + size <= filesz and offset + rel + size <= len(self._data):
                 return self._data[offset + rel:offset + rel + size]
@@ -134,14 +135,12 @@ class CoreFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            fh = open(self.path, "rb")
+            with open(self.path, "rb") as fh:
+                self._data: mmap.mmap | bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # mmap of an empty file
+            raise CoreFileError(f"{self.path}: empty file, not a core dump") from None
         except OSError as exc:
             raise CoreFileError(f"{self.path}: cannot open core file ({exc.strerror}); check the path") from None
-        with fh:
-            try:
-                self._data: mmap.mmap | bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError:  # empty file
-                raise CoreFileError(f"{self.path}: empty file, not a core dump") from None
         try:
             self._parse()
         except struct.error:
@@ -214,7 +213,7 @@ class CoreFile:
             except BufferError:  # a caller still holds a view of it: leave it to the garbage collector
                 pass
 
-    def __enter__(self) -> CoreFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

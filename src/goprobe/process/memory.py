@@ -11,9 +11,14 @@ import errno
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from goprobe.errors import ProcessError, ProcessExitedError, ProcessNotFoundError, ProcessPermissionError
+from goprobe.errors import (
+    ProcessError,
+    ProcessExitedError,
+    ProcessNotFoundError,
+    ProcessPermissionError,
+)
 from goprobe.process import _libc
 
 _ADDR_LIMIT = 1 << 64
@@ -21,6 +26,7 @@ _ADDR_LIMIT = 1 << 64
 _BATCH_BYTES = 64 << 20
 
 
+@runtime_checkable
 class Memory(Protocol):
     """A readable address space."""
 

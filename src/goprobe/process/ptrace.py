@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Self
 
 import attrs
 
@@ -128,7 +129,7 @@ def _check_target(pid: int) -> None:
     try:
         with ElfImage(exe) as img:
             arch = img.arch
-            img.go_version  # noqa: B018 - raises NotGoBinaryError
+            _ = img.go_version  # raises NotGoBinaryError
     except (NotELFError, NotGoBinaryError, UnsupportedArchitectureError):
         raise NotGoBinaryError(f"pid {pid} ({real}) is not a Go program; goprobe pauses programs built by "
                                "the Go toolchain") from None
@@ -194,12 +195,8 @@ class _SignalGuard:
     def enter_body(self) -> None:
         """Start passing signals on; deliver those that arrived while threads were being stopped."""
         self.in_body = True
-        pending, self.pending = self.pending, []
-        for s in pending:
-            if self.in_body:
-                self._dispatch(s, None)
-            else:
-                self.pending.append(s)
+        while self.pending and self.in_body:  # if one raises, the rest wait for restore_and_deliver
+            self._dispatch(self.pending.pop(0), None)
 
     def leave_body(self) -> None:
         self.in_body = False
@@ -247,7 +244,7 @@ class _Tracer:
         try:
             try:
                 self._stop_all()
-            except BaseException as exc:  # noqa: BLE001 - handed to the owner after the cleanup below
+            except BaseException as exc:  # noqa: BLE001 - handed to the owner once everything is released
                 self.error = exc
                 self._detach_all()
                 return
@@ -345,7 +342,7 @@ class _Tracer:
         # Seized threads not yet seen stopped (error paths only) fail with ESRCH while running; our thread's
         # exit releases those.
         for tid in sorted(self.seized):
-            r, err = _libc.ptrace(_libc.PTRACE_DETACH, tid, 0, self.signals.get(tid, 0))
+            r, _err = _libc.ptrace(_libc.PTRACE_DETACH, tid, 0, self.signals.get(tid, 0))
             if r == -1 and tid in self.signals:
                 gone += 1
                 # Killed while stopped: reap it if it is already a zombie (our thread's exit does the rest).
@@ -385,7 +382,7 @@ class PausedProcess:
         # If this object is dropped without resume(), the tracer thread still detaches.
         self._finalizer = weakref.finalize(self, tracer.resume.set)
 
-    def __enter__(self) -> PausedProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -399,6 +396,7 @@ class PausedProcess:
 
     @property
     def resumed(self) -> bool:
+        """True once :meth:`resume` ran (the threads run again, or the process died)."""
         return self._done
 
     def resume(self) -> None:

@@ -1,0 +1,3 @@
+module goprobe.bench/goroutines_pprof
+
+go 1.21
