@@ -222,6 +222,18 @@ def test_read_many_mixed_spans(newest_version):
             else:
                 assert data is not None and len(data) == span[1], span
                 assert data == mem.read(*span)
+        # All-valid spans: one system call per 1024 (IOV_MAX); each bad span costs two more calls at most.
+        calls = []
+        real_readv = mem._readv
+        mem._readv = lambda part: calls.append(len(part)) or real_readv(part)
+        all_valid = [valid[k % len(valid)] for k in range(3000)]
+        assert None not in mem.read_many(all_valid)
+        nonempty = sum(size > 0 for _, size in all_valid)  # empty spans need no system call
+        assert calls == [1024, 1024, nonempty - 2048]
+        calls.clear()
+        assert mem.read_many(spans) == got
+        assert len(calls) <= 3 + 2 * sum(span in invalid for span in spans)
+        del mem._readv
         assert mem.read(text_lo, 64)[:4] == elf_head[:4]  # non-PIE: the ELF header starts the text mapping
         assert int.from_bytes(mem.read(allglen_addr, 8), "little") >= 1
         assert mem.read(rw_lo, rw_hi - rw_lo) is not None

@@ -126,8 +126,7 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
     from goprobe.process import CoreFile
 
     req = _as_request(request, limits, goroutine_filter)
-    core = CoreFile(core_path)
-    with GoBinary(binary_path) as b:
+    with CoreFile(core_path) as core, GoBinary(binary_path) as b:
         plan = compile_request(b, req)
         raw = run_snapshot(plan, b, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
         proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
@@ -136,8 +135,9 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
 
 
 class _CoreWithExecutable:
-    """Core memory, falling back to the executable's own file image: cores often leave out read-only
-    file-backed mappings (code, read-only data), which the binary holds unchanged."""
+    """Core memory, falling back to the executable's own file image. Cores often leave out read-only
+    file-backed mappings (code, read-only data); CoreFile restores them from the NT_FILE note when there is
+    one, but gdb's gcore writes none — the binary itself holds those bytes unchanged."""
 
     def __init__(self, core_memory, b: GoBinary) -> None:
         self._core = core_memory

@@ -137,8 +137,9 @@ class ProcessMemory(Memory):
                 if pos + size > got:
                     # The call stopped inside (or at the start of) this span: confirm it alone, then go on
                     # with the spans after it.
-                    one, one_got = self._readv([part[k]])
-                    out[i] = bytes(one) if one_got == size else None
+                    if len(part) > 1:
+                        one, one_got = self._readv([part[k]])
+                        out[i] = bytes(one) if one_got == size else None
                     start += k + 1
                     break
                 out[i] = bytes(view[pos:pos + size])
