@@ -218,7 +218,7 @@ class GoBinary:
                 if ab.tag in _TOP_LEVEL_TAGS:
                     if data[off] < 0x80 and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
                         # Go puts the name first: read it without decoding the other attributes.
-                        end = data.index(0, off + 1)
+                        end = _string_end(data, off + 1)
                         idx.setdefault(data[off + 1:end].decode("utf-8", "replace"), []).append(off)
                         continue
                     die = unit.die_at(off)
@@ -622,6 +622,13 @@ class GoBinary:
         return None if v is None else v.location_at(pc)
 
 
+def _string_end(data: bytes, pos: int) -> int:
+    end = data.find(0, pos)
+    if end < 0:
+        raise DwarfFormatError(f"unterminated string at .debug_info offset {pos:#x}")
+    return end
+
+
 def _global_from_die(name: str, die: Die) -> GlobalVariable | None:
     loc = die.attrs.get(C.AT_location)
     if isinstance(loc, (bytes, bytearray)):
@@ -652,7 +659,7 @@ def _index_types(unit: Unit, by_name: dict[str, int], by_rt: dict[int, int] | No
             continue
         if by_rt is None and data[off] < 0x80 and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
             # Go puts the name first: read it without decoding the other attributes (one-byte abbrev code).
-            end = data.index(0, off + 1)
+            end = _string_end(data, off + 1)
             by_name.setdefault(data[off + 1:end].decode("utf-8", "replace"), off)
             continue
         a = unit.die_at(off).attrs

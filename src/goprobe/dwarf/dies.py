@@ -74,12 +74,52 @@ def parse_abbrevs(data: bytes, offset: int, offset_size: int = 4, addr_size: int
                 if form == C.FORM_implicit_const:
                     implicit, pos = read_sleb(data, pos)
                 specs.append((at, form, implicit))
+            _check_forms(code, specs, offset)
             high_len = any(at == C.AT_high_pc and form not in (C.FORM_addr, C.FORM_addrx, C.FORM_addrx1, C.FORM_addrx2,
                                                                 C.FORM_addrx3, C.FORM_addrx4) for at, form, _ in specs)
             table[code] = Abbrev(code, tag, children, tuple(specs), _skip_plan(specs, offset_size, addr_size),
                                  high_len)
     except IndexError:
         raise DwarfFormatError(f"truncated abbreviation table at offset {offset:#x}") from None
+
+
+_STRING_FORMS = {C.FORM_string, C.FORM_strp, C.FORM_line_strp, C.FORM_strx, C.FORM_strx1, C.FORM_strx2, C.FORM_strx3,
+                 C.FORM_strx4}
+_REF_FORMS = {C.FORM_ref_addr, C.FORM_ref1, C.FORM_ref2, C.FORM_ref4, C.FORM_ref8, C.FORM_ref_udata}
+_CONST_FORMS = {C.FORM_data1, C.FORM_data2, C.FORM_data4, C.FORM_data8, C.FORM_sdata, C.FORM_udata,
+                C.FORM_implicit_const}
+_ADDR_FORMS = {C.FORM_addr, C.FORM_addrx, C.FORM_addrx1, C.FORM_addrx2, C.FORM_addrx3, C.FORM_addrx4}
+_BLOCK_FORMS = {C.FORM_exprloc, C.FORM_block, C.FORM_block1, C.FORM_block2, C.FORM_block4}
+_FLAG_FORMS = {C.FORM_flag, C.FORM_flag_present}
+# The forms each attribute goprobe reads may take: anything else means the DWARF is damaged, and is refused
+# when the abbreviation table is read rather than surfacing later as a wrongly typed value.
+_ALLOWED_FORMS = {
+    C.AT_name: _STRING_FORMS, C.AT_producer: _STRING_FORMS, C.AT_comp_dir: _STRING_FORMS,
+    C.AT_type: _REF_FORMS, C.AT_abstract_origin: _REF_FORMS, C.AT_sibling: _REF_FORMS,
+    C.AT_go_elem: _REF_FORMS, C.AT_go_key: _REF_FORMS,
+    C.AT_low_pc: _ADDR_FORMS, C.AT_high_pc: _ADDR_FORMS | _CONST_FORMS, C.AT_entry_pc: _ADDR_FORMS | _CONST_FORMS,
+    C.AT_location: _BLOCK_FORMS | {C.FORM_sec_offset, C.FORM_loclistx},
+    C.AT_frame_base: _BLOCK_FORMS | {C.FORM_sec_offset, C.FORM_loclistx},
+    C.AT_ranges: {C.FORM_sec_offset, C.FORM_rnglistx}, C.AT_stmt_list: {C.FORM_sec_offset, C.FORM_data4},
+    C.AT_byte_size: _CONST_FORMS, C.AT_decl_line: _CONST_FORMS, C.AT_decl_file: _CONST_FORMS,
+    C.AT_call_line: _CONST_FORMS, C.AT_call_file: _CONST_FORMS, C.AT_count: _CONST_FORMS,
+    C.AT_upper_bound: _CONST_FORMS, C.AT_go_kind: _CONST_FORMS, C.AT_inline: _CONST_FORMS,
+    C.AT_go_dict_index: _CONST_FORMS, C.AT_go_closure_offset: _CONST_FORMS,
+    C.AT_go_runtime_type: _CONST_FORMS | _ADDR_FORMS,
+    C.AT_data_member_location: _CONST_FORMS | _BLOCK_FORMS,
+    C.AT_const_value: _CONST_FORMS | _BLOCK_FORMS | _STRING_FORMS,
+    C.AT_external: _FLAG_FORMS, C.AT_variable_parameter: _FLAG_FORMS, C.AT_go_embedded_field: _FLAG_FORMS,
+    C.AT_addr_base: {C.FORM_sec_offset}, C.AT_loclists_base: {C.FORM_sec_offset},
+    C.AT_rnglists_base: {C.FORM_sec_offset}, C.AT_str_offsets_base: {C.FORM_sec_offset},
+}
+
+
+def _check_forms(code: int, specs: list[tuple[int, int, int]], offset: int) -> None:
+    for at, form, _ in specs:
+        allowed = _ALLOWED_FORMS.get(at)
+        if allowed is not None and form not in allowed and form != C.FORM_indirect:
+            raise DwarfFormatError(f"abbreviation {code} at .debug_abbrev offset {offset:#x} gives attribute "
+                                   f"{at:#x} the form {form:#x}; the DWARF data is damaged")
 
 
 def _skip_plan(specs: list[tuple[int, int, int]], offset_size: int, addr_size: int) -> tuple[int, ...]:
@@ -240,7 +280,7 @@ class Unit:
                 values[at], pos = self._read_form(form, pos, implicit)
             if ab.high_pc_is_length and C.AT_high_pc in values:
                 values[C.AT_high_pc] += values.get(C.AT_low_pc, 0)
-        except (IndexError, KeyError, struct.error):
+        except (IndexError, KeyError, ValueError, struct.error):
             raise DwarfFormatError(f"malformed DIE at .debug_info offset {offset:#x}") from None
         return Die(offset, ab.tag, values, ab.has_children, pos, self)
 
@@ -371,7 +411,7 @@ class Unit:
                     depth -= 1
                 elif ab.has_children:
                     depth += 1
-        except (IndexError, KeyError, struct.error):
+        except (IndexError, KeyError, ValueError, struct.error):
             raise DwarfFormatError(f"malformed DIE tree under .debug_info offset {die.offset:#x}") from None
         return pos
 
@@ -407,7 +447,7 @@ class Unit:
                             depth -= 1
                         elif sub.has_children:
                             depth += 1
-        except (IndexError, KeyError, struct.error):
+        except (IndexError, KeyError, ValueError, struct.error):
             raise DwarfFormatError(f"malformed DIE tree in unit at {self.offset:#x}") from None
 
 

@@ -37,7 +37,7 @@ class LineProgram:
         self.offset = offset
         try:
             self._parse_header(line_str, debug_str)
-        except (IndexError, struct.error):
+        except (IndexError, ValueError, struct.error):
             raise DwarfFormatError(f"truncated line program header at .debug_line offset {offset:#x}") from None
 
     def _parse_header(self, line_str: bytes, debug_str: bytes) -> None:
@@ -138,7 +138,7 @@ class LineProgram:
     def rows(self) -> list[LineRow]:
         try:
             return self._run()
-        except (IndexError, struct.error):
+        except (IndexError, ValueError, struct.error):
             raise DwarfFormatError(f"truncated line program at .debug_line offset {self.offset:#x}") from None
 
     def _run(self, start: int | None = None, one_sequence: bool = False) -> list[LineRow]:
@@ -261,7 +261,7 @@ class LineProgram:
         if rows is None:
             try:
                 rows = self._run(start, one_sequence=True)
-            except (IndexError, struct.error):
+            except (IndexError, ValueError, struct.error):
                 return None
             # A real sequence ends exactly where the next one (or the program) starts.
             if not rows or not rows[-1].end_sequence or self._sequence_end not in (boundaries or self._starts_set):
