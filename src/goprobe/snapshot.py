@@ -112,7 +112,7 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
             _refuse_pie(b, pid)
             plan = compile_request(b, req)
             with pause(pid) as paused:
-                raw = run_snapshot(plan, b, paused.memory, paused.threads, req.limits)
+                raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
             out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns), req))
         finally:
             if binary is None:
@@ -128,7 +128,7 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
     req = _as_request(request, limits, goroutine_filter)
     with CoreFile(core_path) as core, GoBinary(binary_path) as b:
         plan = compile_request(b, req)
-        raw = run_snapshot(plan, b, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
+        raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
         proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
     proc["core"] = str(core_path)
     return {"processes": [proc]}

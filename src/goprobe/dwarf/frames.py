@@ -136,6 +136,35 @@ class FrameTable:
         return FrameRule(state.cfa_reg, state.cfa_offset, tuple(sorted(state.saved.items())))
 
 
+    def cfa_table(self) -> tuple[tuple[int, int, tuple[tuple[int, int, int], ...]], ...]:
+        """For every FDE: (low, high, rows), each row (first PC, CFA register, CFA offset) in PC order —
+        the whole unwinding table in a form a backend can carry without the DWARF."""
+        starts, rest = self._index
+        out = []
+        for lo, (hi, cie_off, instr, end) in zip(starts, rest):
+            state = _State()
+            rows: list[tuple[int, int, int]] = []
+            try:
+                cie = self._cie(cie_off)
+                _execute(cie.initial, 0, len(cie.initial), cie, state, None, None)
+                initial = state.copy()
+                _execute(self.data, instr, end, cie, state, (lo, hi + 1), initial, rows)
+            except (IndexError, struct.error, ValueError, KeyError):
+                raise DwarfFormatError(f"malformed CFI in .debug_frame for the function at {lo:#x}") from None
+            _row(rows, lo if not rows else rows[-1][0], state, final=True)
+            out.append((lo, hi, tuple(rows)))
+        return tuple(out)
+
+
+def _row(rows: list[tuple[int, int, int]], pc: int, st: _State, final: bool = False) -> None:
+    if rows and rows[-1][1:] == (st.cfa_reg, st.cfa_offset):
+        return
+    if rows and rows[-1][0] == pc:
+        rows[-1] = (pc, st.cfa_reg, st.cfa_offset)
+    elif not final or not rows or rows[-1][0] <= pc:
+        rows.append((pc, st.cfa_reg, st.cfa_offset))
+
+
 class _State:
     __slots__ = ("cfa_reg", "cfa_offset", "saved", "stack")
 
@@ -152,13 +181,15 @@ class _State:
 
 
 def _execute(data: bytes, pos: int, end: int, cie: _Cie, st: _State, until: tuple[int, int] | None,
-             initial: _State | None) -> None:
+             initial: _State | None, rows: list[tuple[int, int, int]] | None = None) -> None:
     loc = until[0] if until else 0
     target = until[1] if until else 0
     ca, da = cie.code_align, cie.data_align
 
     def advance(delta: int) -> bool:
         nonlocal loc
+        if rows is not None:
+            _row(rows, loc, st)  # the state that held from `loc` up to the advance
         loc += delta * ca
         return until is not None and loc > target
 
@@ -180,6 +211,8 @@ def _execute(data: bytes, pos: int, end: int, cie: _Cie, st: _State, until: tupl
         elif op == 0x01:  # set_loc
             (newloc,) = struct.unpack_from("<Q", data, pos)
             pos += 8
+            if rows is not None:
+                _row(rows, loc, st)
             if until is not None and newloc > target:
                 return
             loc = newloc

@@ -18,7 +18,7 @@ from goprobe.dwarf.lists import LocationRange
 from goprobe.errors import ExpressionError
 from goprobe import expr as X
 from goprobe.ir.access import AccessCompiler, AccessPath
-from goprobe.ir.values import TypeId, TypeTable, TypeTableBuilder
+from goprobe.ir.values import InterfaceLayout, TypeId, TypeTable, TypeTableBuilder
 
 if TYPE_CHECKING:
     from goprobe.dwarf.binary import GoBinary
@@ -86,11 +86,23 @@ class FramePlan:
     captures: tuple[VariableCapture, ...]
 
 
+# Unwinding ends in these functions: the bottom of every goroutine's stack.
+STOP_FUNCTIONS = ("runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.rt0_go",
+                  "runtime.systemstack_switch")
+
+UnwindRow = tuple[int, int, int]  # (first PC, CFA register, CFA offset)
+
+
 @attrs.frozen(slots=True)
 class SnapshotPlan:
+    """Everything a backend needs to take a snapshot; it never consults the binary's DWARF itself."""
+
     goroutines: GoroutineLayout
     frames: tuple[FramePlan, ...]
     types: TypeTable
+    interfaces: InterfaceLayout
+    unwind: tuple[tuple[int, int, tuple[UnwindRow, ...]], ...]  # per function: (low, high, rows)
+    stops: tuple[tuple[int, int], ...]  # PC ranges where unwinding ends
     max_frames: int
     max_goroutines: int
     goroutine_filter: tuple[tuple[int, int], ...] | None  # PC ranges of the filter function
@@ -138,8 +150,24 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
         fns = b.functions(goroutine_filter) or [b.function(goroutine_filter)]
         gfilter = tuple(r for fn in fns for r in fn.ranges) + tuple(
             r for _c, call in b.inlined_copies(goroutine_filter) for r in call.ranges)
-    return SnapshotPlan(GoroutineLayout.from_binary(b), tuple(plans), tb.build(), max_frames, max_goroutines,
-                        gfilter)
+    return SnapshotPlan(GoroutineLayout.from_binary(b), tuple(plans), tb.build(), InterfaceLayout.from_binary(b),
+                        unwind_table(b), _stop_ranges(b), max_frames, max_goroutines, gfilter)
+
+
+def unwind_table(b: GoBinary):
+    table = b.cache.get("cfa_table")
+    if table is None:
+        table = b.cache.put("cfa_table", b.frames.cfa_table())
+    return table
+
+
+def _stop_ranges(b: GoBinary) -> tuple[tuple[int, int], ...]:
+    out = []
+    for name in STOP_FUNCTIONS:
+        sym = b.elf.symbol(name)
+        if sym is not None and sym.kind == 2:
+            out.append((sym.value, sym.value + max(sym.size, 1)))
+    return tuple(sorted(out))
 
 
 def _frame_types(b: GoBinary, variables: Sequence[Variable]) -> dict:

@@ -150,6 +150,28 @@ class TypeEntry:
 
 
 @attrs.frozen(slots=True)
+class InterfaceLayout:
+    """What reading an interface's dynamic type needs: offsets in ``internal/abi.Type`` and the itab, the
+    direct-value flag (a Kind bit up to Go 1.25, a TFlag bit from 1.26), and where ``moduledata.types`` is."""
+
+    kind_off: int
+    tflag_off: int
+    str_off: int
+    itab_type_off: int
+    direct_in_tflag: bool
+    direct_mask: int
+    types_field_addr: int  # address of firstmoduledata.types (link-time)
+
+    @classmethod
+    def from_binary(cls, b: GoBinary) -> InterfaceLayout:
+        L = b.runtime
+        t = L["type"]
+        where, mask = L.direct_iface
+        return cls(t.offset("Kind_"), t.offset("TFlag"), t.offset("Str"), L["itab"].offset("Type"),
+                   where == "tflag", mask, L.firstmoduledata + L["moduledata"].offset("types"))
+
+
+@attrs.frozen(slots=True)
 class TypeTable:
     """Every type a program may serialise, by id, and the runtime-type → id map interfaces dispatch on."""
 

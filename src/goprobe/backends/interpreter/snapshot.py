@@ -7,10 +7,9 @@ symbolises it after the process runs again.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import attrs
 
 from goprobe.backends.interpreter.access import PathError, evaluate
@@ -19,8 +18,6 @@ from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 from goprobe.dwarf import expressions as E
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
 
-if TYPE_CHECKING:
-    from goprobe.dwarf.binary import GoBinary
 
 _U64 = struct.Struct("<Q")
 RSP, RBP, RIP = 7, 6, 16
@@ -31,8 +28,6 @@ _REG_NAMES = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rb
 
 _PREFETCH_STACK = 256 * 1024  # larger used stacks are read page by page as frames need them
 
-_STOP_FUNCTIONS = frozenset({"runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.rt0_go",
-                             "runtime.systemstack_switch"})
 
 
 @attrs.frozen(slots=True)
@@ -68,14 +63,15 @@ class RawSnapshot:
 
 
 class SnapshotInterpreter:
-    def __init__(self, plan: SnapshotPlan, binary: GoBinary, memory, threads: Sequence, limits) -> None:
+    def __init__(self, plan: SnapshotPlan, memory, threads: Sequence, limits) -> None:
         self.plan = plan
-        self.b = binary
         self.mem = PageCache(memory)
         self._pcs: dict[int, tuple] = {}
         self.threads = {t.tid: t for t in threads}
         self.limits = limits
-        self.rt = RuntimeTypeInfo(binary.runtime)
+        self.rt = RuntimeTypeInfo(plan.interfaces)
+        self._unwind_starts = [lo for lo, _hi, _rows in plan.unwind]
+        self._stop_starts = [lo for lo, _hi in plan.stops]
         self._frame_plans = sorted(((lo, hi, fp) for fp in plan.frames for lo, hi in fp.ranges),
                                    key=lambda x: x[0])
 
@@ -151,11 +147,19 @@ class SnapshotInterpreter:
         here, and the frame plans whose code contains the PC."""
         info = self._pcs.get(pc)
         if info is None:
-            r = self.b.frame_rule(pc)
-            sym = self.b.elf.function_symbol_at(pc)
-            stop = sym is None or sym.name in _STOP_FUNCTIONS
+            rule = None
+            i = bisect.bisect_right(self._unwind_starts, pc) - 1
+            if i >= 0:
+                lo, hi, rows = self.plan.unwind[i]
+                if pc < hi:
+                    j = bisect.bisect_right(rows, (pc, 1 << 30, 1 << 62)) - 1
+                    if j >= 0:
+                        rule = rows[j][1:]
+            k = bisect.bisect_right(self._stop_starts, pc) - 1
+            # No unwinding information means no Go function: stop there too.
+            stop = rule is None or (k >= 0 and pc < self.plan.stops[k][1])
             plans = tuple(fp for lo, hi, fp in self._frame_plans if lo <= pc < hi)
-            info = self._pcs[pc] = (None if r is None else (r.cfa_reg, r.cfa_offset), stop, plans)
+            info = self._pcs[pc] = (rule, stop, plans)
         return info
 
     def _unwind(self, pc: int, sp: int, bp: int, regs) -> tuple[list[RawFrame], bool]:
@@ -294,8 +298,9 @@ class SnapshotInterpreter:
         return data, ""
 
 
-def run_snapshot(plan: SnapshotPlan, binary: GoBinary, memory, threads: Sequence, limits) -> RawSnapshot:
-    return SnapshotInterpreter(plan, binary, memory, threads, limits).run()
+def run_snapshot(plan: SnapshotPlan, memory, threads: Sequence, limits) -> RawSnapshot:
+    """Run *plan* against *memory* (a paused process, a core file, test memory) and its *threads*."""
+    return SnapshotInterpreter(plan, memory, threads, limits).run()
 
 
 __all__ = ["RawSnapshot", "RawGoroutine", "RawFrame", "RawCapture", "run_snapshot"]

@@ -42,18 +42,18 @@ class Limits(Protocol):
 
 
 class RuntimeTypeInfo:
-    """What the encoder must know about runtime type descriptors (from the runtime layout)."""
+    """Run-time state for reading interfaces: the IR's layout plus moduledata.types once read."""
 
-    def __init__(self, layout, bias: int = 0) -> None:
-        t = layout["type"]
-        self.kind_off = t.offset("Kind_")
-        self.tflag_off = t.offset("TFlag")
-        self.str_off = t.offset("Str")
-        self.itab_type_off = layout["itab"].offset("Type")
-        self.direct_where, self.direct_mask = layout.direct_iface
+    def __init__(self, layout: V.InterfaceLayout, bias: int = 0) -> None:
+        self.kind_off = layout.kind_off
+        self.tflag_off = layout.tflag_off
+        self.str_off = layout.str_off
+        self.itab_type_off = layout.itab_type_off
+        self.direct_where = "tflag" if layout.direct_in_tflag else "kind"
+        self.direct_mask = layout.direct_mask
         self.bias = bias  # runtime address - link-time address (PIE)
-        self.types_base: int | None = None  # moduledata.types at run time, for type names
-        self.types_base_addr = layout.firstmoduledata + bias + layout["moduledata"].offset("types")
+        self.types_base: int | None = None  # moduledata.types at run time
+        self.types_base_addr = layout.types_field_addr + bias
 
 
 class ValueEncoder:
