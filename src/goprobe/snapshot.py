@@ -8,6 +8,8 @@ import struct
 from functools import lru_cache
 from typing import Any
 
+from goprobe.backends.interpreter.program import load as load_program
+from goprobe.backends.interpreter.program import lower as lower_program
 from goprobe.backends.interpreter.snapshot import RawSnapshot, run_snapshot
 from goprobe.decoder import ValueDecoder, hexaddr
 from goprobe.dwarf.binary import GoBinary
@@ -110,7 +112,8 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
         b = binary or GoBinary(f"/proc/{pid}/exe")
         try:
             _refuse_pie(b, pid)
-            plan = compile_request(b, req)
+            # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
+            plan = load_program(lower_program(compile_request(b, req)))
             with pause(pid) as paused:
                 raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
             out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns), req))
@@ -127,7 +130,7 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
 
     req = _as_request(request, limits, goroutine_filter)
     with CoreFile(core_path) as core, GoBinary(binary_path) as b:
-        plan = compile_request(b, req)
+        plan = load_program(lower_program(compile_request(b, req)))
         raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
         proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
     proc["core"] = str(core_path)

@@ -61,6 +61,28 @@ class _Store:
             pass  # a cache that cannot be written only costs speed next time
 
 
+_SCHEMA: str | None = None
+
+
+def _schema() -> str:
+    """A fingerprint of the classes the cache pickles: their names and fields."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        import hashlib
+
+        import attrs
+
+        from goprobe.dwarf import code_facts, expressions, functions, lists, runtime_layout, types
+
+        classes = (functions.Function, functions.Variable, functions.InlinedCall, lists.LocationRange,
+                   expressions.Piece, types.GoType, types.Field, code_facts.FunctionCode,
+                   runtime_layout.RuntimeLayout, runtime_layout.StructLayout, runtime_layout.FieldLayout)
+        text = ";".join(f"{c.__module__}.{c.__qualname__}:{','.join(f.name for f in attrs.fields(c))}"
+                        for c in classes)
+        _SCHEMA = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return _SCHEMA
+
+
 class IndexCache:
     def __init__(self, main: _Store, bulk_path: Path | None, key: str) -> None:
         self._main = main
@@ -76,6 +98,7 @@ class IndexCache:
     def open(cls, key: str) -> IndexCache:
         if os.environ.get("GOPROBE_NO_CACHE"):
             return cls.disabled()
+        key = f"{key}:{_schema()}"  # objects pickled by another shape of goprobe's classes are not reused
         folder = cache_dir() / "index"
         return cls(_Store(folder / f"{key[:40]}.pickle", key, True), folder / f"{key[:40]}.units.pickle", key)
 
