@@ -75,3 +75,23 @@ def test_documentation_lists_every_node():
     for tag, cls in enumerate(P.NODES, start=1):
         fields = ", ".join(f.name for f in P._fields(cls))
         assert f"| {tag} | {cls.__name__} | {fields} |" in doc, cls.__name__
+
+
+def test_verifier_rejects_malformed_plans(plan):
+    import attrs
+
+    from goprobe.ir import values as V
+    from goprobe.ir.verify import VerificationError, verify
+
+    entries = list(plan.types.entries)
+    i = next(k for k, e in enumerate(entries) if isinstance(e.shape, V.Struct) and e.shape.fields)
+    f0 = entries[i].shape.fields[0]
+    bad_field = attrs.evolve(f0, offset=entries[i].size + 8)
+    entries[i] = attrs.evolve(entries[i], shape=V.Struct((bad_field,) + entries[i].shape.fields[1:]))
+    bad_types = V.TypeTable(tuple(entries), plan.types.by_runtime_type)
+    with pytest.raises(VerificationError, match="outside the struct"):
+        verify(attrs.evolve(plan, types=bad_types))
+    with pytest.raises(VerificationError, match="max_frames"):
+        verify(attrs.evolve(plan, max_frames=0))
+    with pytest.raises(VerificationError, match="sorted"):
+        verify(attrs.evolve(plan, unwind=tuple(reversed(plan.unwind))))

@@ -150,8 +150,11 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
         fns = b.functions(goroutine_filter) or [b.function(goroutine_filter)]
         gfilter = tuple(r for fn in fns for r in fn.ranges) + tuple(
             r for _c, call in b.inlined_copies(goroutine_filter) for r in call.ranges)
-    return SnapshotPlan(GoroutineLayout.from_binary(b), tuple(plans), tb.build(), InterfaceLayout.from_binary(b),
-                        unwind_table(b), _stop_ranges(b), max_frames, max_goroutines, gfilter)
+    from goprobe.ir.verify import verify
+
+    return verify(SnapshotPlan(GoroutineLayout.from_binary(b), tuple(plans), tb.build(),
+                               InterfaceLayout.from_binary(b), unwind_table(b), _stop_ranges(b), max_frames,
+                               max_goroutines, gfilter))
 
 
 def unwind_table(b: GoBinary):

@@ -17,6 +17,7 @@ from goprobe.errors import GoprobeError
 from goprobe.ir import access as A
 from goprobe.ir import snapshot as S
 from goprobe.ir import values as V
+from goprobe.ir.verify import VerificationError, verify
 
 MAGIC = b"GOPROBE\x00"
 VERSION = 1
@@ -77,7 +78,10 @@ def load(data: bytes) -> S.SnapshotPlan:
         raise ProgramError(f"malformed interpreter program ({exc})") from None
     if pos != len(data) or not isinstance(plan, S.SnapshotPlan):
         raise ProgramError("malformed interpreter program (trailing bytes or wrong root node)")
-    return plan
+    try:
+        return verify(plan)
+    except VerificationError as exc:
+        raise ProgramError(f"malformed interpreter program ({exc})") from None
 
 
 def _put(out: bytearray, v: object, strings: dict[str, int]) -> None:
@@ -144,6 +148,8 @@ def _get(data: bytes, pos: int, strings: list[str]) -> tuple[object, int]:
             values[f.name], pos = _get(data, pos, strings)
         if cls is V.TypeTable:
             entries = values["entries"]
+            if not isinstance(entries, tuple) or not all(isinstance(e, V.TypeEntry) for e in entries):
+                raise ValueError("type table entries must be TypeEntry nodes")
             values["by_runtime_type"] = {e.runtime_type: i for i, e in enumerate(entries) if e.runtime_type}
         return cls(**values), pos
     raise ValueError(f"unknown value kind {kind}")
