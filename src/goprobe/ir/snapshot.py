@@ -189,7 +189,8 @@ def _captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler, varia
         roots = sorted(X.identifiers(e))
         candidates = [v for v in variables if v.name in roots] or [None]
         for v in candidates:
-            frame_vars = {v.name: b.type_at(v.type_offset)} if v is not None else {}
+            # With no candidate root, compile against every variable so the error lists what exists.
+            frame_vars = {v.name: b.type_at(v.type_offset)} if v is not None else _frame_types(b, variables)
             try:
                 path = compiler.compile(text, e, frame_vars)
             except ExpressionError as exc:

@@ -215,6 +215,12 @@ class TypeTableBuilder:
             if t.name in _PREDECLARED or any(bare.startswith(p) for p in prefixes) or t.name in _COMMON_DYNAMIC:
                 self.add(t)
 
+    def entry(self, tid: TypeId) -> TypeEntry:
+        """The entry of a type added earlier (complete once its own shape was compiled)."""
+        e = self._entries[tid]
+        assert e is not None
+        return e
+
     def build(self) -> TypeTable:
         entries = tuple(e for e in self._entries if e is not None)
         assert len(entries) == len(self._entries)
