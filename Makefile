@@ -28,6 +28,7 @@ test: toolchains
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_dwarf.py
+	$(PY) benchmarks/bench_snapshot.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
