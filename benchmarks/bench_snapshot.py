@@ -33,13 +33,14 @@ def main() -> int:
     # -N -l keeps each frame's local on its stack, so every capture is a real read.
     binary = build(HERE / "goroutines_pprof", args.go, "debug", name="goroutines_pprof")
     print(f"Go {args.go}, interpreter backend, {args.runs} runs each (medians)")
-    print(f"{'goroutines':>10} {'pause ms':>10} {'total ms':>10} {'pprof debug=2 ms':>17} {'captured':>9}")
+    print(f"{'goroutines':>10} {'pause ms':>10} {'total ms':>10} {'stacks-only pause ms':>21} "
+          f"{'pprof debug=2 ms':>17} {'captured':>9}")
     for n in (int(x) for x in args.counts.split(",")):
         proc = subprocess.Popen([str(binary), "-n", str(n)], stdout=subprocess.PIPE, text=True)
         try:
             line = proc.stdout.readline().split()
             url = f"http://{line[1]}/debug/pprof/goroutine?debug=2"
-            pauses, totals, pprofs = [], [], []
+            pauses, totals, pprofs, bare = [], [], [], []
             captured = 0
             for _ in range(args.runs):
                 t = time.perf_counter()
@@ -47,12 +48,14 @@ def main() -> int:
                 totals.append(time.perf_counter() - t)
                 pauses.append(snap["pause_ns"] / 1e9)
                 captured = sum(len(f.get("variables", {})) for g in snap["goroutines"] for f in g["frames"])
+                bare.append(take_snapshot([proc.pid], {})["processes"][0]["pause_ns"] / 1e9)
                 t = time.perf_counter()
                 with urllib.request.urlopen(url, timeout=300) as r:
                     r.read()
                 pprofs.append(time.perf_counter() - t)
             med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
-            print(f"{n:>10} {med(pauses):>10.1f} {med(totals):>10.1f} {med(pprofs):>17.1f} {captured:>9}")
+            print(f"{n:>10} {med(pauses):>10.1f} {med(totals):>10.1f} {med(bare):>21.1f} {med(pprofs):>17.1f} "
+                  f"{captured:>9}")
         finally:
             proc.kill()
             proc.wait()

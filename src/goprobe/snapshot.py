@@ -10,7 +10,7 @@ from typing import Any
 
 from goprobe.backends.interpreter.program import load as load_program
 from goprobe.backends.interpreter.program import lower as lower_program
-from goprobe.backends.interpreter.snapshot import RawSnapshot, run_snapshot
+from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, run_snapshot
 from goprobe.decoder import ValueDecoder, hexaddr
 from goprobe.dwarf.binary import GoBinary
 from goprobe.ir.snapshot import G_STATUS, SnapshotPlan
@@ -114,8 +114,14 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
             _refuse_pie(b, pid)
             # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
             plan = load_program(lower_program(compile_request(b, req)))
-            with pause(pid) as paused:
-                raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+            if plan.frames:
+                with pause(pid) as paused:
+                    raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+            else:
+                # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
+                with pause(pid) as paused:
+                    copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
+                raw = run_snapshot(plan, copy, paused.threads, req.limits)
             out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns), req))
         finally:
             if binary is None:

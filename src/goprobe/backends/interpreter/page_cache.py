@@ -60,3 +60,15 @@ class PageCache:
 
     def read_many(self, spans):
         return [self.read(a, n) for a, n in spans]
+
+    def freeze(self) -> None:
+        """Stop reading the source: from now on only what was copied can be read (the rest is unreadable)."""
+        self.mem = _Nothing()
+
+
+class _Nothing:
+    def read(self, addr: int, size: int) -> None:
+        return None
+
+    def read_many(self, spans):
+        return [None for _ in spans]

@@ -75,30 +75,46 @@ class SnapshotInterpreter:
         self._frame_plans = sorted(((lo, hi, fp) for fp in plan.frames for lo, hi in fp.ranges),
                                    key=lambda x: x[0])
 
-    def run(self) -> RawSnapshot:
+    def load(self) -> tuple[list[int], list[bytes | None], dict[int, object]] | str:
+        """Read the goroutine list, every g and every goroutine's used stack, in a few batched reads.
+
+        Returns (g addresses, g structures, g → thread), or the reason the list cannot be read.
+        """
         gl = self.plan.goroutines
-        errors: list[str] = []
         raw = self.mem.read(gl.allglen, 8)
         hdr = self.mem.read(gl.allgs, 8)
         if raw is None or hdr is None:
-            return RawSnapshot((), ("cannot read the goroutine list (runtime.allgs)",))
+            return "cannot read the goroutine list (runtime.allgs)"
         n = min(_U64.unpack(raw)[0], self.plan.max_goroutines)
         arr = self.mem.read(_U64.unpack(hdr)[0], 8 * n) if n else b""
         if arr is None:
-            return RawSnapshot((), ("cannot read the goroutine list (runtime.allgs)",))
+            return "cannot read the goroutine list (runtime.allgs)"
         by_thread = self._thread_goroutines()
         gps = [gp for (gp,) in struct.iter_unpack("<Q", arr) if gp]
         self.mem.prefetch((gp, gl.g_size) for gp in gps)  # every g in one batch
         gs = [self.mem.read(gp, gl.g_size) for gp in gps]
         # Each goroutine's used stack, in one more batch: its frames are read from there.
         spans = []
-        for g in gs:
-            if g is not None:
-                sp = _U64.unpack_from(g, gl.sched_sp)[0]
-                hi = _U64.unpack_from(g, gl.stack_hi)[0]
+        for gp, g in zip(gps, gs):
+            if g is None:
+                continue
+            hi = _U64.unpack_from(g, gl.stack_hi)[0]
+            sps = [_U64.unpack_from(g, gl.sched_sp)[0], _U64.unpack_from(g, gl.syscall_sp)[0]]
+            thread = by_thread.get(gp)
+            if thread is not None:
+                sps.append(thread.regs.get("rsp", 0))
+            for sp in sps:
                 if 0 < sp < hi and hi - sp <= _PREFETCH_STACK:
                     spans.append((sp, hi - sp))
         self.mem.prefetch(spans)
+        return gps, gs, by_thread
+
+    def run(self) -> RawSnapshot:
+        gl = self.plan.goroutines
+        loaded = self.load()
+        if isinstance(loaded, str):
+            return RawSnapshot((), (loaded,))
+        gps, gs, by_thread = loaded
         out = []
         for gp, g in zip(gps, gs):
             if g is None:
@@ -111,7 +127,7 @@ class SnapshotInterpreter:
                     lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in self.plan.goroutine_filter):
                 continue
             out.append(rg)
-        return RawSnapshot(tuple(out), tuple(errors))
+        return RawSnapshot(tuple(out), ())
 
     # -- goroutines -------------------------------------------------------------------------------------
     def _thread_goroutines(self) -> dict[int, object]:
@@ -296,6 +312,18 @@ class SnapshotInterpreter:
         if data is None:
             return None, f"memory at {addr:#x} is not readable"
         return data, ""
+
+
+def copy_stacks(plan: SnapshotPlan, memory, threads: Sequence, limits) -> PageCache:
+    """Copy what a stacks-only snapshot reads — goroutine list, g structures, used stacks — and nothing else.
+
+    Run while the process is paused; the plan can then run against the returned copy after it resumes, which
+    keeps the pause to a few batched reads. Only for plans without captures: values need the live heap.
+    """
+    interp = SnapshotInterpreter(plan, memory, threads, limits)
+    interp.load()
+    interp.mem.freeze()
+    return interp.mem
 
 
 def run_snapshot(plan: SnapshotPlan, memory, threads: Sequence, limits) -> RawSnapshot:
