@@ -19,6 +19,7 @@ import attrs
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from goprobe.dwarf.leb128 import read_uleb
 from goprobe.errors import DwarfFormatError, NotELFError, NotGoBinaryError, UnsupportedArchitectureError
 
 SHF_COMPRESSED = 0x800
@@ -262,7 +263,7 @@ def _buildinfo_version(img: ElfImage) -> str | None:
         return None
     ptr_size, flags = data[14], data[15]
     if flags & 2:  # Go 1.18+: inline varint-prefixed strings after the 32-byte header.
-        n, pos = _uvarint(data, 32)
+        n, pos = read_uleb(data, 32)  # Go's uvarint is unsigned LEB128
         return data[pos:pos + n].decode("utf-8", "replace")
     # Older layout: pointers to Go string headers.
     fmt = "<Q" if ptr_size == 8 else "<I"
@@ -273,14 +274,3 @@ def _buildinfo_version(img: ElfImage) -> str | None:
         return img.read_vaddr(sptr, slen).decode("utf-8", "replace")
     except (ValueError, struct.error):
         return None
-
-
-def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7

@@ -31,3 +31,26 @@ def read_sleb(data: bytes, pos: int) -> tuple[int, int]:
             if b & 0x40:
                 result -= 1 << shift
             return result, pos
+
+
+def write_uleb(out: bytearray, v: int) -> None:
+    """Append *v* (>= 0) as unsigned LEB128."""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return
+
+
+def write_sleb(out: bytearray, v: int) -> None:
+    """Append *v* as signed LEB128."""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        done = (v == 0 and not b & 0x40) or (v == -1 and b & 0x40)
+        out.append(b if done else b | 0x80)
+        if done:
+            return

@@ -12,6 +12,7 @@ import struct
 import attrs
 
 from goprobe.dwarf.expressions import Piece
+from goprobe.dwarf.leb128 import read_sleb, read_uleb, write_sleb, write_uleb
 from goprobe.dwarf.lists import LocationRange
 from goprobe.errors import GoprobeError
 from goprobe.ir import access as A
@@ -50,10 +51,10 @@ def lower(plan: S.SnapshotPlan) -> bytes:
     body = bytearray()
     _put(body, plan, strings)
     head = bytearray(MAGIC) + struct.pack("<HH", VERSION, 0)
-    _uleb(head, len(strings))
+    write_uleb(head, len(strings))
     for s in strings:  # dicts keep insertion order: ids are positions
         raw = s.encode()
-        _uleb(head, len(raw))
+        write_uleb(head, len(raw))
         head += raw
     return bytes(head + body)
 
@@ -67,10 +68,10 @@ def load(data: bytes) -> S.SnapshotPlan:
         if version != VERSION:
             raise ProgramError(f"interpreter program version {version}; this goprobe runs version {VERSION}")
         pos = 12
-        n, pos = _read_uleb(data, pos)
+        n, pos = read_uleb(data, pos)
         strings = []
         for _ in range(n):
-            size, pos = _read_uleb(data, pos)
+            size, pos = read_uleb(data, pos)
             strings.append(data[pos:pos + size].decode())
             pos += size
         plan, pos = _get(data, pos, strings)
@@ -91,17 +92,17 @@ def _put(out: bytearray, v: object, strings: dict[str, int]) -> None:
         out.append(K_TRUE if v else K_FALSE)
     elif isinstance(v, int):
         out.append(K_INT)
-        _sleb(out, v)
+        write_sleb(out, v)
     elif isinstance(v, str):
         out.append(K_STR)
-        _uleb(out, strings.setdefault(v, len(strings)))
+        write_uleb(out, strings.setdefault(v, len(strings)))
     elif isinstance(v, (bytes, bytearray)):
         out.append(K_BYTES)
-        _uleb(out, len(v))
+        write_uleb(out, len(v))
         out += v
     elif isinstance(v, tuple):
         out.append(K_TUPLE)
-        _uleb(out, len(v))
+        write_uleb(out, len(v))
         for x in v:
             _put(out, x, strings)
     else:
@@ -109,7 +110,7 @@ def _put(out: bytearray, v: object, strings: dict[str, int]) -> None:
         if tag is None:
             raise ProgramError(f"cannot encode {type(v).__name__} in an interpreter program")
         out.append(K_NODE)
-        _uleb(out, tag)
+        write_uleb(out, tag)
         for f in _fields(type(v)):
             _put(out, getattr(v, f.name), strings)
 
@@ -122,24 +123,24 @@ def _get(data: bytes, pos: int, strings: list[str]) -> tuple[object, int]:
     if kind in (K_TRUE, K_FALSE):
         return kind == K_TRUE, pos
     if kind == K_INT:
-        return _read_sleb(data, pos)
+        return read_sleb(data, pos)
     if kind == K_STR:
-        i, pos = _read_uleb(data, pos)
+        i, pos = read_uleb(data, pos)
         return strings[i], pos
     if kind == K_BYTES:
-        n, pos = _read_uleb(data, pos)
+        n, pos = read_uleb(data, pos)
         if pos + n > len(data):
             raise ValueError("truncated bytes")
         return bytes(data[pos:pos + n]), pos + n
     if kind == K_TUPLE:
-        n, pos = _read_uleb(data, pos)
+        n, pos = read_uleb(data, pos)
         items = []
         for _ in range(n):
             x, pos = _get(data, pos, strings)
             items.append(x)
         return tuple(items), pos
     if kind == K_NODE:
-        tag, pos = _read_uleb(data, pos)
+        tag, pos = read_uleb(data, pos)
         if not 1 <= tag <= len(NODES):
             raise ValueError(f"unknown node tag {tag}")
         cls = NODES[tag - 1]
@@ -153,52 +154,3 @@ def _get(data: bytes, pos: int, strings: list[str]) -> tuple[object, int]:
             values["by_runtime_type"] = {e.runtime_type: i for i, e in enumerate(entries) if e.runtime_type}
         return cls(**values), pos
     raise ValueError(f"unknown value kind {kind}")
-
-
-def _uleb(out: bytearray, v: int) -> None:
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return
-
-
-def _sleb(out: bytearray, v: int) -> None:
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        done = (v == 0 and not b & 0x40) or (v == -1 and b & 0x40)
-        out.append(b if done else b | 0x80)
-        if done:
-            return
-
-
-def _read_uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 70:
-            raise ValueError("varint too long")
-
-
-def _read_sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
-        if shift > 70:
-            raise ValueError("varint too long")
