@@ -351,9 +351,14 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _paused_child(pid: int) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(pid)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    # A shell may start us with SIGINT ignored (background jobs); the child must see SIGINT as a person's ^C.
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(pid)], preexec_fn=_default_sigint,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = child.stdout.readline()
     assert line == "paused\n", (line, child.stderr.read() if child.poll() is not None else "")
     assert_all_stopped(pid)

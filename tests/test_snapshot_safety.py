@@ -45,9 +45,11 @@ def _assert_free(pid: int) -> None:
 
 
 def _snapshot_cli(pid: int, *extra: str) -> subprocess.Popen:
+    # A shell may start the suite with SIGINT ignored (background jobs); the child must see SIGINT as ^C.
     return subprocess.Popen([sys.executable, "-m", "goprobe.cli", "snapshot", str(pid), "-c", "main.idle:c", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, GOPROBE_NO_CACHE="1"))
+                            env=dict(os.environ, GOPROBE_NO_CACHE="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_until_tracing(pid: int, child: subprocess.Popen, timeout: float = 60) -> bool:
