@@ -138,3 +138,14 @@ def test_api_errors_are_typed(newest_version):
             take_snapshot([proc.pid], {"main.recurse": ["nosuch.field"]}, binary=b)
     with pytest.raises(ProcessError):
         take_snapshot([2**22 + 12345], {})
+
+
+def test_pause_limit_resumes_the_process_and_says_so(newest_version):
+    from goprobe.request import Limits
+
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary, ["-n", "20000"]) as proc:
+        snap = take_snapshot([proc.pid], {"main.idle": ["c"]}, limits=Limits(pause_ms=1))["processes"][0]
+        assert any("pause limit of 1 ms" in e for e in snap["errors"])
+        assert len(snap["goroutines"]) < 20000
+        assert "TracerPid:\t0" in open(f"/proc/{proc.pid}/status").read()

@@ -54,6 +54,8 @@ class Limits:
     frames_per_goroutine: int = attrs.field(default=512, validator=_positive_int)
     goroutines: int = attrs.field(default=100_000, validator=_positive_int)
     total_output_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive_int)
+    # The longest a snapshot keeps a process stopped: past it, goprobe resumes it and reports what it has.
+    pause_ms: int = attrs.field(default=2000, validator=_positive_int)
 
 
 LIMIT_KEYS = tuple(a.name for a in attrs.fields(Limits))

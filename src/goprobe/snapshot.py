@@ -214,6 +214,8 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int
         pause = f"{proc['pause_ns'] / 1e6:.2f} ms pause" if proc.get("pause_ns") is not None else "core file"
         lines.append(f"pid {proc['pid']}  {proc['binary']}  {proc['go_version']}  "
                      f"{len(proc['goroutines'])} goroutines  ({pause})")
+        for err in proc.get("errors", ()):
+            lines.append(f"  warning: {err}")
         groups: dict[tuple, list[dict]] = {}
         for g in proc["goroutines"]:
             key = (g["status"], g.get("wait_reason", "")) + tuple(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+import time
 from collections.abc import Sequence
 import attrs
 
@@ -116,7 +117,14 @@ class SnapshotInterpreter:
             return RawSnapshot((), (loaded,))
         gps, gs, by_thread = loaded
         out = []
-        for gp, g in zip(gps, gs):
+        errors = []
+        budget = getattr(self.limits, "pause_ms", None)
+        deadline = time.monotonic() + budget / 1000 if budget else None
+        for i, (gp, g) in enumerate(zip(gps, gs)):
+            if deadline is not None and time.monotonic() > deadline:
+                errors.append(f"pause limit of {budget} ms reached after {i} of {len(gps)} goroutines: the process "
+                              "was resumed; raise limits.pause_ms or capture less")
+                break
             if g is None:
                 continue
             status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
@@ -127,7 +135,7 @@ class SnapshotInterpreter:
                     lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in self.plan.goroutine_filter):
                 continue
             out.append(rg)
-        return RawSnapshot(tuple(out), ())
+        return RawSnapshot(tuple(out), tuple(errors))
 
     # -- goroutines -------------------------------------------------------------------------------------
     def _thread_goroutines(self) -> dict[int, object]:
