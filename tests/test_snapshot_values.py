@@ -63,7 +63,10 @@ def _norm_fn(name: str) -> str:
 
 @pytest.fixture
 def kinds_snapshot(go_version, build_mode):
-    binary = build_fixture("kinds", go_version, build_mode)
+    return _kinds_snapshot(build_fixture("kinds", go_version, build_mode))
+
+
+def _kinds_snapshot(binary):
     with GoBinary(binary, use_cache=False) as b, running(binary) as proc:
         truth = proc.truth
         request: dict[str, list[str]] = {}
@@ -97,6 +100,18 @@ def _var_type(b, func, name):
 
 
 def test_captured_values_equal_the_programs_truth(kinds_snapshot, build_mode):
+    _check_values(kinds_snapshot, build_mode)
+
+
+@pytest.mark.parametrize("mode", ["opt", "debug"])
+def test_position_independent_executables(newest_version, mode):
+    binary = build_fixture("kinds", newest_version, mode, extra_flags=("-buildmode=pie",))
+    with GoBinary(binary, use_cache=False) as b:
+        assert b.is_pie
+    _check_values(_kinds_snapshot(binary), mode)
+
+
+def _check_values(kinds_snapshot, build_mode):
     truth, proc, optimised_out, types, binary = kinds_snapshot
     got = {}
     for g in proc["goroutines"]:

@@ -13,7 +13,7 @@ from goprobe.backends.interpreter.program import lower as lower_program
 from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, run_snapshot
 from goprobe.decoder import ValueDecoder, hexaddr
 from goprobe.dwarf.binary import GoBinary
-from goprobe.ir.snapshot import G_STATUS, SnapshotPlan
+from goprobe.ir.snapshot import G_STATUS, SnapshotPlan, rebase
 
 
 def wait_reasons(b: GoBinary) -> dict[int, str]:
@@ -35,20 +35,21 @@ def wait_reasons(b: GoBinary) -> dict[int, str]:
 
 
 def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: int | None = None,
-                    pause_ns: int | None = None) -> dict[str, Any]:
-    """Turn a raw snapshot into the documented JSON structure (one process)."""
+                    pause_ns: int | None = None, bias: int = 0) -> dict[str, Any]:
+    """Turn a raw snapshot into the documented JSON structure (one process); *bias* is the executable's load
+    bias (PCs in the output are run-time addresses; symbols are looked up at link-time ones)."""
     reasons = wait_reasons(b)
 
     @lru_cache(maxsize=None)
     def func_name(pc: int) -> str | None:
-        sym = b.elf.function_symbol_at(pc)
+        sym = b.elf.function_symbol_at(pc - bias)
         return sym.name if sym else None
 
     decoder = ValueDecoder(plan.types, func_name=func_name,
                            type_name=lambda addr: None)
     @lru_cache(maxsize=None)
     def logical_frames(pc: int) -> tuple:
-        return tuple(b.frames_at(pc)) or ((func_name(pc) or "?", "?", 0),)
+        return tuple(b.frames_at(pc - bias)) or ((func_name(pc) or "?", "?", 0),)
 
     goroutines = []
     for g in raw.goroutines:
@@ -111,9 +112,9 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
             raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
         b = binary or GoBinary(f"/proc/{pid}/exe")
         try:
-            _refuse_pie(b, pid)
+            bias = load_bias(b, pid)
             # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
-            plan = load_program(lower_program(compile_request(b, req)))
+            plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
             if plan.frames:
                 with pause(pid) as paused:
                     raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
@@ -122,7 +123,7 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
                 with pause(pid) as paused:
                     copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
                 raw = run_snapshot(plan, copy, paused.threads, req.limits)
-            out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns), req))
+            out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req))
         finally:
             if binary is None:
                 b.close()
@@ -136,6 +137,11 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
 
     req = _as_request(request, limits, goroutine_filter)
     with CoreFile(core_path) as core, GoBinary(binary_path) as b:
+        if b.is_pie:
+            from goprobe.errors import ProcessError
+
+            raise ProcessError(f"{binary_path} is a position-independent executable: core files of PIE binaries "
+                               "are not supported yet; snapshot the live process instead")
         plan = load_program(lower_program(compile_request(b, req)))
         raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
         proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
@@ -192,12 +198,24 @@ def _filtered(proc: dict[str, Any], req) -> dict[str, Any]:
     return proc
 
 
-def _refuse_pie(b: GoBinary, pid: int) -> None:
+def load_bias(b: GoBinary, pid: int) -> int:
+    """How far the kernel moved a position-independent executable: where its first loadable segment is
+    mapped in *pid* minus its link-time address (0 for ordinary executables)."""
     from goprobe.errors import ProcessError
 
-    if b.is_pie:
-        raise ProcessError(f"pid {pid}: {b.path} is a position-independent executable; snapshots of PIE "
-                           "binaries are not supported yet — build with -buildmode=exe (the default on Linux)")
+    if not b.is_pie:
+        return 0
+    first = min(seg.vaddr for seg in b.segments) & ~0xFFF
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 6 and parts[2] == "00000000" and os.path.realpath(parts[5]) == exe:
+                    return int(parts[0].split("-")[0], 16) - first
+    except OSError as exc:
+        raise ProcessError(f"cannot read the memory map of pid {pid}: {exc}") from None
+    raise ProcessError(f"pid {pid}: cannot find where {exe} is mapped (is this the right process?)")
 
 
 def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int = 10) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from goprobe.dwarf.expressions import repair_pieces
+from goprobe.dwarf.expressions import ADDRESS_MEMORY, repair_pieces
 from goprobe.dwarf.functions import Variable
 from goprobe.dwarf.lists import LocationRange
 from goprobe.errors import ExpressionError
@@ -207,3 +207,35 @@ def _captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler, varia
 
 
 __all__ = ["SnapshotPlan", "FramePlan", "VariableCapture", "GoroutineLayout", "compile_snapshot", "G_STATUS"]
+
+
+def rebase(plan: SnapshotPlan, bias: int) -> SnapshotPlan:
+    """The plan for a position-independent executable loaded *bias* bytes above its link-time addresses:
+    every code and static-data address moves; offsets, sizes and runtime-type offsets do not."""
+    if bias == 0:
+        return plan
+
+    def spans(rs):
+        return tuple((lo + bias, hi + bias) for lo, hi in rs)
+
+    def piece(p):
+        return attrs.evolve(p, offset=p.offset + bias) if p.kind == ADDRESS_MEMORY else p
+
+    def capture(c: VariableCapture) -> VariableCapture:
+        locs = tuple(attrs.evolve(r, low=r.low + bias, high=r.high + bias,
+                                  location=tuple(piece(p) for p in r.location)) for r in c.locations)
+        path = c.path
+        if path is not None and path.root == "":
+            path = attrs.evolve(path, global_address=path.global_address + bias)
+        return attrs.evolve(c, locations=locs, path=path)
+
+    frames = tuple(attrs.evolve(fp, ranges=spans(fp.ranges), captures=tuple(capture(c) for c in fp.captures))
+                   for fp in plan.frames)
+    unwind = tuple((lo + bias, hi + bias, tuple((pc + bias, reg, off) for pc, reg, off in rows))
+                   for lo, hi, rows in plan.unwind)
+    return attrs.evolve(
+        plan, frames=frames, unwind=unwind, stops=spans(plan.stops),
+        goroutine_filter=None if plan.goroutine_filter is None else spans(plan.goroutine_filter),
+        goroutines=attrs.evolve(plan.goroutines, allgs=plan.goroutines.allgs + bias,
+                                allglen=plan.goroutines.allglen + bias),
+        interfaces=attrs.evolve(plan.interfaces, types_field_addr=plan.interfaces.types_field_addr + bias))
