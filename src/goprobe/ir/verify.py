@@ -7,7 +7,17 @@ so a backend can trust the plan it executes.
 
 from __future__ import annotations
 
-from goprobe.dwarf.expressions import ADDRESS_MEMORY, CFA_MEMORY, IMPLICIT, REGISTER, REGISTER_MEMORY, UNAVAILABLE, Piece
+import attrs
+
+from goprobe.dwarf.expressions import (
+    ADDRESS_MEMORY,
+    CFA_MEMORY,
+    IMPLICIT,
+    REGISTER,
+    REGISTER_MEMORY,
+    UNAVAILABLE,
+    Piece,
+)
 from goprobe.dwarf.lists import LocationRange
 from goprobe.errors import GoprobeError
 from goprobe.ir import access as A
@@ -142,7 +152,7 @@ def _verify_types(table: object) -> None:
             tid(sh.elem, where + ".elem")
             _check(sh.key_size == entries[sh.key].size and sh.elem_size == entries[sh.elem].size, where,
                    "map key/element sizes")
-            for name in attrs_int_fields(sh):
+            for name in _int_fields(sh):
                 _int(getattr(sh, name), f"{where}.{name}", 0, MAX_VALUE)
             if isinstance(sh, V.SwissMap):
                 _check(sh.key_off + sh.key_size <= sh.slot_size and sh.elem_off + sh.elem_size <= sh.slot_size
@@ -154,7 +164,7 @@ def _verify_types(table: object) -> None:
                        where, "bucket layout")
         elif isinstance(sh, V.Chan):
             tid(sh.elem, where + ".elem")
-            for name in attrs_int_fields(sh):
+            for name in _int_fields(sh):
                 _int(getattr(sh, name), f"{where}.{name}", 0, MAX_VALUE)
         elif isinstance(sh, V.Opaque):
             _int(sh.size, where + ".size", 0, MAX_VALUE)
@@ -162,9 +172,7 @@ def _verify_types(table: object) -> None:
             _check(False, where, f"unknown shape {type(sh).__name__}")
 
 
-def attrs_int_fields(node: object) -> list[str]:
-    import attrs
-
+def _int_fields(node: object) -> list[str]:
     return [f.name for f in attrs.fields(type(node)) if f.name not in ("key", "elem")]
 
 
