@@ -212,13 +212,11 @@ class SnapshotInterpreter:
             if ret is None:
                 return frames, False
             pc = _U64.unpack(ret)[0]
-            if rule is None or rule[0] != RSP:
-                # Only frame-pointer unwinding needs the caller's BP (saved just below the return address).
+            if rule[0] != RSP:
+                # Only a BP-based CFA needs the caller's BP (saved just below the return address); Go's CFI is
+                # RSP-based, so this is rare, and a frame without a rule ends the walk.
                 saved = read(cfa - 16, 8)
                 bp = _U64.unpack(saved)[0] if saved else 0
-            elif rule[1] > 8:
-                saved = read(cfa - 16, 8)
-                bp = _U64.unpack(saved)[0] if saved else bp
             sp = cfa
             top = False
             regs = None
