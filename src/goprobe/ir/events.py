@@ -18,7 +18,7 @@ from goprobe import expr as X
 from goprobe.dwarf.functions import Variable
 from goprobe.errors import ExpressionError
 from goprobe.ir.access import AccessCompiler
-from goprobe.ir.snapshot import FramePlan, GoroutineLayout, VariableCapture, _captures, unwind_table
+from goprobe.ir.snapshot import FramePlan, GoroutineLayout, VariableCapture, compile_captures, unwind_table
 from goprobe.ir.values import InterfaceLayout, TypeTable, TypeTableBuilder
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
     probe = req.probe
     sites: list[ProbeSite] = []
     for pc, function, inlined, variables in _sites(b, probe):
-        caps = _captures(b, tb, compiler, variables, parsed)
+        caps = compile_captures(b, tb, compiler, variables, parsed)
         for c in caps:
             if c.type is None:
                 raise ExpressionError(f"{c.missing} (probe {_probe_text(probe)} at {pc:#x})")
@@ -108,9 +108,9 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
         texts = [(c.text, c.expr) for c in caps]
         fns = b.functions(fname) or [b.function(fname)]
         for fn in fns:
-            callers.append(FramePlan(fn.name, fn.ranges, False, _captures(b, tb, compiler, fn.variables, texts)))
+            callers.append(FramePlan(fn.name, fn.ranges, False, compile_captures(b, tb, compiler, fn.variables, texts)))
         for _caller, call in b.inlined_copies(fname):
-            callers.append(FramePlan(fname, call.ranges, True, _captures(b, tb, compiler, call.variables, texts)))
+            callers.append(FramePlan(fname, call.ranges, True, compile_captures(b, tb, compiler, call.variables, texts)))
     tb.add_interface_candidates()
     return EventPlan(probe.kind, tuple(sites), tuple(callers), tb.build(), InterfaceLayout.from_binary(b),
                      GoroutineLayout.from_binary(b), unwind_table(b), req.stack, tuple(c.text for c in req.captures))
@@ -171,7 +171,7 @@ def _operand(b, tb, compiler, variables, e: X.Expr, text: str) -> Operand | Lite
     if isinstance(e, X.NilLit):
         return Literal(None)
     sub = X.unparse(e)
-    (cap,) = _captures(b, tb, compiler, variables, [(sub, e)])[:1]
+    (cap,) = compile_captures(b, tb, compiler, variables, [(sub, e)])[:1]
     if cap.type is None:
         raise ExpressionError(f"{cap.missing} (in condition {text!r})")
     t = tb.entry(cap.type)

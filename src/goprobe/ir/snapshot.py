@@ -143,7 +143,7 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
             ranges = next(fn.ranges for fn in outlined if fn.name == name) if not inlined else None
             if inlined:
                 ranges = next(call.ranges for _c, call in copies if call.variables is variables)
-            plans.append(FramePlan(name, ranges, inlined, _captures(b, tb, compiler, variables, parsed)))
+            plans.append(FramePlan(name, ranges, inlined, compile_captures(b, tb, compiler, variables, parsed)))
     tb.add_interface_candidates()
     gfilter = None
     if goroutine_filter:
@@ -180,8 +180,9 @@ def _frame_types(b: GoBinary, variables: Sequence[Variable]) -> dict:
     return out
 
 
-def _captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler, variables: Sequence[Variable],
-              parsed) -> tuple[VariableCapture, ...]:
+def compile_captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler,
+                     variables: Sequence[Variable], parsed) -> tuple[VariableCapture, ...]:
+    """One VariableCapture per (expression, candidate root variable) of a function or inlined copy."""
     out = []
     for text, e in parsed:
         # A name can denote several DWARF variables (shadowing in nested blocks): one capture per candidate
