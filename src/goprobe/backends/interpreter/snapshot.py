@@ -17,6 +17,7 @@ from goprobe.backends.interpreter.access import PathError, evaluate
 from goprobe.backends.interpreter.page_cache import PageCache
 from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 from goprobe.dwarf import expressions as E
+from goprobe.ir import values as V
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
 
 
@@ -68,6 +69,7 @@ class SnapshotInterpreter:
         self.plan = plan
         self.mem = PageCache(memory)
         self._pcs: dict[int, tuple] = {}
+        self._scalars = {i: e.size for i, e in enumerate(plan.types.entries) if isinstance(e.shape, V.Scalar)}
         self.threads = {t.tid: t for t in threads}
         self.limits = limits
         self.rt = RuntimeTypeInfo(plan.interfaces)
@@ -265,6 +267,9 @@ class SnapshotInterpreter:
         data = bytes(data).ljust(root_size, b"\0")
         if cap.escaped:  # the slot holds the address of the heap copy
             return self._finish(cap, addr=_U64.unpack_from(data)[0])
+        if cap.type in self._scalars and (cap.path is None or not cap.path.steps):
+            # A scalar in hand: its value-stream encoding is the OK status byte and its bytes.
+            return RawCapture(cap.label, cap.type, b"\x00" + data[:self._scalars[cap.type]])
         return self._finish(cap, data=data)
 
     def _finish(self, cap, *, addr: int | None = None, data: bytes | None = None) -> RawCapture:
