@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from goprobe.dwarf import constants as C
 from goprobe.dwarf.binary import GoBinary
 from goprobe.dwarf.expressions import describe
 from goprobe.dwarf.functions import Function
@@ -14,17 +13,8 @@ def binary_summary(b: GoBinary) -> dict[str, Any]:
     """Identity, counts, and the main package's functions."""
     unit_names = b.unit_names()
     packages = sorted({n for n in unit_names.values() if n})
-    main_funcs = []
-    for off, pkg in unit_names.items():
-        if pkg != "main":
-            continue
-        for name, offs in b._index_of_unit(off).items():
-            for die_off in offs:
-                die = b.die_at(die_off)
-                if die.tag == C.TAG_subprogram and (C.AT_low_pc in die.attrs or C.AT_ranges in die.attrs):
-                    fn = b._function_by_offset(die_off)
-                    main_funcs.append({"name": fn.name, "entry": f"{fn.entry:#x}", "file": fn.decl_file,
-                                       "line": fn.decl_line})
+    main_funcs = [{"name": fn.name, "entry": f"{fn.entry:#x}", "file": fn.decl_file, "line": fn.decl_line}
+                  for fn in b.package_functions("main")]
     main_funcs.sort(key=lambda f: (f["file"], f["line"] or 0, f["name"]))
     return {
         "path": str(b.path),

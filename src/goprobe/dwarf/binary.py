@@ -18,12 +18,12 @@ import attrs
 from goprobe.dwarf import constants as C
 from goprobe.dwarf.dies import DebugSections, Die, Unit, UnitTable
 from goprobe.dwarf.elf import ElfImage
-from goprobe.dwarf.expressions import ADDRESS_MEMORY, Location, decode_location
+from goprobe.dwarf.expressions import ADDRESS_MEMORY, decode_location
 from goprobe.dwarf.frames import FrameRule, FrameTable
 from goprobe.dwarf.functions import Function, FunctionReader, InlinedCall
 from goprobe.dwarf.index_cache import IndexCache
 from goprobe.dwarf.lines import LineProgram
-from goprobe.dwarf.types import GoType, TypeTable
+from goprobe.dwarf.types import GoType, TypeTable, index_type_dies
 from goprobe.errors import (
     DwarfFormatError,
     NoDebugInfoError,
@@ -452,6 +452,19 @@ class GoBinary:
                     return off
         return None
 
+    def package_functions(self, package: str) -> list[Function]:
+        """Every function with code of a package (``main``), in DIE order."""
+        out = []
+        for off, pkg in self.unit_names().items():
+            if pkg != package:
+                continue
+            for offs in self._index_of_unit(off).values():
+                for die_off in offs:
+                    die = self.die_at(die_off)
+                    if die.tag == C.TAG_subprogram and (C.AT_low_pc in die.attrs or C.AT_ranges in die.attrs):
+                        out.append(self._function_by_offset(die_off))
+        return out
+
     def _function_by_offset(self, off: int) -> Function:
         fn = self._functions.get(off)
         if fn is None:
@@ -573,7 +586,7 @@ class GoBinary:
         by_name: dict[str, int] = {}
         for unit_off, pkg in self.unit_names().items():
             if pkg == "runtime":
-                _index_types(self.units.unit(unit_off), by_name, None)
+                index_type_dies(self.units.unit(unit_off), by_name, None)
         return by_name, {}
 
     @cached_property
@@ -582,7 +595,7 @@ class GoBinary:
         by_rt: dict[int, int] = {}
         for unit_off, pkg in self.unit_names().items():
             if pkg == "runtime":
-                _index_types(self.units.unit(unit_off), by_name, by_rt)
+                index_type_dies(self.units.unit(unit_off), by_name, by_rt)
         return by_rt
 
     def runtime_unit_type(self, name: str) -> GoType | None:
@@ -617,9 +630,6 @@ class GoBinary:
 
         return RuntimeLayout.read(self)
 
-    def location_at(self, fn: Function, name: str, pc: int) -> Location | None:
-        v = fn.variable(name)
-        return None if v is None else v.location_at(pc)
 
 
 def _string_end(data: bytes, pos: int) -> int:
@@ -649,30 +659,6 @@ class _LazyUnits:
 
     def __getattr__(self, name: str):
         return getattr(self._binary.units, name)
-
-
-def _index_types(unit: Unit, by_name: dict[str, int], by_rt: dict[int, int] | None) -> None:
-    """Index the unit's top-level type DIEs by name (and by runtime type address when *by_rt* is given)."""
-    data = unit.info
-    for off, ab in unit.top_level_scan():
-        if ab.tag not in _TYPE_TAGS:
-            continue
-        if by_rt is None and data[off] < 0x80 and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
-            # Go puts the name first: read it without decoding the other attributes (one-byte abbrev code).
-            end = _string_end(data, off + 1)
-            by_name.setdefault(data[off + 1:end].decode("utf-8", "replace"), off)
-            continue
-        a = unit.die_at(off).attrs
-        name = a.get(C.AT_name)
-        if name:
-            by_name.setdefault(name, off)
-        rt = a.get(C.AT_go_runtime_type)
-        if rt and by_rt is not None:
-            by_rt.setdefault(rt, off)
-
-
-_TYPE_TAGS = frozenset({C.TAG_base_type, C.TAG_pointer_type, C.TAG_structure_type, C.TAG_array_type, C.TAG_typedef,
-                        C.TAG_subroutine_type, C.TAG_unspecified_type})
 
 
 def _generic_match(pattern: str, name: str) -> bool:

@@ -101,10 +101,6 @@ class FrameTable:
         self._cies[offset] = cie
         return cie
 
-    def return_address_register(self, pc: int) -> int | None:
-        fde = self._fde(pc)
-        return None if fde is None else self._cie(fde[1]).ra_reg
-
     def _fde(self, pc: int) -> tuple[int, int, int, int, int] | None:
         starts, rest = self._index
         i = bisect.bisect_right(starts, pc) - 1
@@ -114,10 +110,6 @@ class FrameTable:
         if pc >= hi:
             return None
         return starts[i], cie, instr, end, hi
-
-    def function_range(self, pc: int) -> tuple[int, int] | None:
-        fde = self._fde(pc)
-        return None if fde is None else (fde[0], fde[4])
 
     def rule_at(self, pc: int) -> FrameRule | None:
         """The frame rule in force at *pc*, or None if no FDE covers it."""

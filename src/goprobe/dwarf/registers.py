@@ -7,15 +7,6 @@ AMD64 = ("RAX", "RDX", "RCX", "RBX", "RSI", "RDI", "RBP", "RSP",
          *(f"X{i}" for i in range(16)))
 ARM64 = {**{i: f"R{i}" for i in range(31)}, 31: "SP", **{64 + i: f"F{i}" for i in range(32)}}
 
-# Registers with a role in Go's ABI.
-GO_ABI = {
-    "amd64": {"g": 14, "sp": 7, "fp": 6, "pc": 16,
-              "int_args": (0, 3, 2, 5, 4, 8, 9, 10, 11),  # RAX RBX RCX RDI RSI R8 R9 R10 R11
-              "float_args": tuple(range(17, 32))},  # X0..X14
-    "arm64": {"g": 28, "sp": 31, "fp": 29, "lr": 30,
-              "int_args": tuple(range(16)),
-              "float_args": tuple(range(64, 80))},
-}
 
 
 def register_name(reg: int | None, arch: str = "amd64") -> str:

@@ -176,12 +176,6 @@ class TypeTable:
         raise DwarfFormatError(f"DIE at {die.offset:#x} (tag {tag:#x}) is not a type")
 
     # -- indexes ------------------------------------------------------------------------------------
-    def set_name_index(self, index: dict[str, int]) -> None:
-        self._by_name = index
-
-    def set_runtime_type_index(self, index: dict[int, int]) -> None:
-        self._by_runtime_type = index
-
     def name_index(self) -> dict[str, int]:
         if self._by_name is None and self._persist is not None:
             stored = self._persist.get("type_indexes")
@@ -200,35 +194,41 @@ class TypeTable:
         assert self._by_runtime_type is not None
         return self._by_runtime_type
 
-    def by_name(self, name: str) -> GoType | None:
-        off = self.name_index().get(name)
-        return None if off is None else self.get(off)
-
-    def by_runtime_type(self, addr: int) -> GoType | None:
-        """The DWARF type whose runtime type descriptor is at *addr* (how interfaces reveal dynamic types)."""
-        off = self.runtime_type_index().get(addr)
-        return None if off is None else self.get(off)
-
     def _build_indexes(self) -> None:
         by_name: dict[str, int] = {}
         by_rt: dict[int, int] = {}
-        type_tags = {C.TAG_base_type, C.TAG_pointer_type, C.TAG_structure_type, C.TAG_array_type, C.TAG_typedef,
-                     C.TAG_subroutine_type, C.TAG_unspecified_type}
         for unit in self._units.units():
-            for off, ab in unit.top_level_scan():
-                if ab.tag not in type_tags:
-                    continue
-                die = unit.die_at(off)
-                name = die.attrs.get(C.AT_name)
-                if name:
-                    by_name.setdefault(name, off)
-                rt = die.attrs.get(C.AT_go_runtime_type)
-                if rt:
-                    by_rt.setdefault(rt, off)
+            index_type_dies(unit, by_name, by_rt)
         self._by_name = by_name
         self._by_runtime_type = by_rt
         if self._persist is not None:
             self._persist.put("type_indexes", (by_name, by_rt))
+
+
+TYPE_TAGS = frozenset({C.TAG_base_type, C.TAG_pointer_type, C.TAG_structure_type, C.TAG_array_type, C.TAG_typedef,
+                       C.TAG_subroutine_type, C.TAG_unspecified_type})
+
+
+def index_type_dies(unit, by_name: dict[str, int], by_rt: dict[int, int] | None) -> None:
+    """Index the unit's top-level type DIEs by name (and by runtime type offset when *by_rt* is given)."""
+    data = unit.info
+    for off, ab in unit.top_level_scan():
+        if ab.tag not in TYPE_TAGS:
+            continue
+        if by_rt is None and data[off] < 0x80 and ab.specs and ab.specs[0][:2] == (C.AT_name, C.FORM_string):
+            # Go puts the name first: read it without decoding the other attributes (one-byte abbrev code).
+            end = data.find(0, off + 1)
+            if end < 0:
+                raise DwarfFormatError(f"unterminated string at .debug_info offset {off + 1:#x}")
+            by_name.setdefault(data[off + 1:end].decode("utf-8", "replace"), off)
+            continue
+        a = unit.die_at(off).attrs
+        name = a.get(C.AT_name)
+        if name:
+            by_name.setdefault(name, off)
+        rt = a.get(C.AT_go_runtime_type)
+        if rt and by_rt is not None:
+            by_rt.setdefault(rt, off)
 
 
 def _base_kind(name: str) -> str:
