@@ -88,7 +88,7 @@ def test_verifier_rejects_malformed_plans(plan):
     f0 = entries[i].shape.fields[0]
     bad_field = attrs.evolve(f0, offset=entries[i].size + 8)
     entries[i] = attrs.evolve(entries[i], shape=V.Struct((bad_field,) + entries[i].shape.fields[1:]))
-    bad_types = V.TypeTable(tuple(entries), plan.types.by_runtime_type)
+    bad_types = V.TypeTable(tuple(entries), plan.types.closures)
     with pytest.raises(VerificationError, match="outside the struct"):
         verify(attrs.evolve(plan, types=bad_types))
     with pytest.raises(VerificationError, match="max_frames"):

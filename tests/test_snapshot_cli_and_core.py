@@ -39,7 +39,17 @@ def _stable(proc: dict) -> dict:
 
 @pytest.mark.skipif(shutil.which("gcore") is None, reason="gdb's gcore is not installed on this machine")
 def test_core_file_snapshot_equals_live_snapshot(go_version):
-    binary = build_fixture("kinds", go_version, "debug")
+    _core_equals_live(build_fixture("kinds", go_version, "debug"))
+
+
+@pytest.mark.skipif(shutil.which("gcore") is None, reason="gdb's gcore is not installed on this machine")
+@pytest.mark.parametrize("mode", ["opt", "debug"])
+def test_core_file_of_a_position_independent_executable(newest_version, mode):
+    binary = build_fixture("kinds", newest_version, mode, extra_flags=("-buildmode=pie",))
+    _core_equals_live(binary)
+
+
+def _core_equals_live(binary):
     with running(binary) as proc, tempfile.TemporaryDirectory() as tmp:
         live = take_snapshot([proc.pid], CAPTURES)["processes"][0]
         r = subprocess.run(["gcore", "-o", f"{tmp}/core", str(proc.pid)], capture_output=True, text=True, timeout=120)

@@ -192,3 +192,24 @@ def test_goroutine_stacks_equal_the_runtimes(go_version, build_mode):
             assert norm(ours[:len(want)]) == norm(want), goid
         compared += 1
     assert compared == len(parked)
+
+
+def test_closures_show_their_captured_variables(kinds_snapshot, build_mode):
+    """A func value that is a closure shows the variables it captured (where DWARF gives their layout)."""
+    truth, proc, _out, _types, _binary = kinds_snapshot
+    want = {v["name"]: v["value"] for v in truth["variables"] if v["func"] == "main.funcs"}
+    frame = next(f for g in proc["goroutines"] for f in g["frames"] if f["function"] == "main.funcs")
+    tag = want["tag"]  # closure() + "!", where the closure returns fmt.Sprintf("%s#%d", s, n)
+    s, n = tag[:-1].rsplit("#", 1)
+    closure, captured = frame["variables"]["closure"], frame["variables"]["captured"]
+    checked = 0
+    for value, expected in ((closure, {"s": s, "n": int(n)}), (captured, {"tag": tag, "base": want["base"]})):
+        if "@unavailable" in value:
+            assert build_mode == "opt", value
+            continue
+        if build_mode == "debug":
+            assert "@captured" in value, value
+        if "@captured" in value:  # optimised closures may carry no layout in DWARF: then only @func
+            assert value["@captured"] == expected
+            checked += 1
+    assert checked >= (2 if build_mode == "debug" else 1)

@@ -56,7 +56,7 @@ TABLE = V.TypeTable((
     V.TypeEntry("bool", 1, V.Scalar("bool", 1), None, False),
     V.TypeEntry("[]string", 24, V.Slice(1, 16), None, False),
     V.TypeEntry("[3]int64", 24, V.Array(0, 8, 3), None, False),
-), {})
+))
 
 
 def lay_out(heap: Heap, tid: int, value) -> bytes:

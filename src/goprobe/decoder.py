@@ -131,9 +131,19 @@ class ValueDecoder:
             return self._chan(pos, shape, entry.name)
         if isinstance(shape, V.Func):
             (fv, pc), pos = self._unpack("<QQ", pos)
+            (context,), pos = self._unpack("<I", pos)
+            captured = None
+            if context != UNKNOWN_TYPE:
+                captured, pos = self._value(pos, context)
             if fv == 0:
                 return None, pos
-            return {"@func": self.func_name(pc) or hexaddr(pc)}, pos
+            out = {"@func": self.func_name(pc) or hexaddr(pc)}
+            if captured is not None:
+                out["@captured"] = captured
+            return out, pos
+        if isinstance(shape, V.TypeParam):
+            (real,), pos = self._unpack("<I", pos)
+            return self._value(pos, shape.shape if real == UNKNOWN_TYPE else real)
         (n,), pos = self._unpack("<I", pos)
         raw, pos = self._take(pos, n)
         return {"@type": entry.name, "@bytes": raw.hex()}, pos

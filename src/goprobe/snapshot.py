@@ -137,14 +137,10 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
 
     req = _as_request(request, limits, goroutine_filter)
     with CoreFile(core_path) as core, GoBinary(binary_path) as b:
-        if b.is_pie:
-            from goprobe.errors import ProcessError
-
-            raise ProcessError(f"{binary_path} is a position-independent executable: core files of PIE binaries "
-                               "are not supported yet; snapshot the live process instead")
-        plan = load_program(lower_program(compile_request(b, req)))
-        raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b), core.threads, req.limits)
-        proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None), req)
+        bias = core_load_bias(core, b, binary_path)
+        plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
+        raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b, bias), core.threads, req.limits)
+        proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None, bias=bias), req)
     proc["core"] = str(core_path)
     return {"processes": [proc]}
 
@@ -154,15 +150,18 @@ class _CoreWithExecutable:
     file-backed mappings (code, read-only data); CoreFile restores them from the NT_FILE note when there is
     one, but gdb's gcore writes none — the binary itself holds those bytes unchanged."""
 
-    def __init__(self, core_memory, b: GoBinary) -> None:
+    def __init__(self, core_memory, b: GoBinary, bias: int = 0) -> None:
         self._core = core_memory
         self._b = b
+        self._bias = bias
 
     def read(self, addr: int, size: int) -> bytes | None:
         data = self._core.read(addr, size)
-        if data is None and not self._b.is_pie:
+        if data is None:
+            # The file image holds link-time contents: for a PIE that is right only for bytes the dynamic
+            # loader never relocates — code and read-only data, which is what cores leave out.
             try:
-                return self._b.elf.read_vaddr(addr, size)
+                return self._b.elf.read_vaddr(addr - self._bias, size)
             except ValueError:
                 return None
         return data
@@ -196,6 +195,20 @@ def _filtered(proc: dict[str, Any], req) -> dict[str, Any]:
     if not req.all_goroutines:
         proc["goroutines"] = [g for g in proc["goroutines"] if any("variables" in f for f in g["frames"])]
     return proc
+
+
+def core_load_bias(core, b: GoBinary, binary_path) -> int:
+    """Where a position-independent executable was loaded in the dumped process, from the core's auxiliary
+    vector (run-time entry point − link-time entry point); 0 for ordinary executables."""
+    from goprobe.errors import ProcessError
+
+    if not b.is_pie:
+        return 0
+    if core.entry is None:
+        raise ProcessError(f"{binary_path} is a position-independent executable and the core file has no "
+                           "auxiliary vector (NT_AUXV) to tell where it was loaded; snapshot the live process "
+                           "or dump a core with gcore or the kernel, which record it")
+    return core.entry - b.elf.entry
 
 
 def load_bias(b: GoBinary, pid: int) -> int:

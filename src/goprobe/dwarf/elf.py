@@ -62,6 +62,8 @@ class ElfImage:
             raise NotELFError(f"{self.path}: is a directory, not an executable") from None
         except PermissionError:
             raise NotELFError(f"{self.path}: permission denied; run as a user who can read it") from None
+        except OSError as exc:  # e.g. a path through a file, a name too long
+            raise NotELFError(f"{self.path}: cannot open ({exc.strerror}); check the path") from None
         try:
             self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # empty file
@@ -88,6 +90,7 @@ class ElfImage:
                 f"{self.path}: architecture {self.machine} is not supported; build for GOARCH=amd64 or arm64")
         self.arch = ARCHES[self.machine]
         self.is_pie = self._elf["e_type"] == "ET_DYN"
+        self.entry: int = self._elf["e_entry"]  # link-time entry point
         self._data_cache: dict[str, bytes] = {}
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ class GoType:
     impl_offset: int | None = None  # the runtime representation behind a typedef (iface/eface, map header, hchan)
     empty_interface: bool = False
     dict_index: int | None = None  # generic shape types: index into the dictionary
+    shape_offset: int | None = None  # a dictionary-indexed type parameter: its shape type's DIE
     named: bool = False  # declared with a name (``type X ...``) rather than a type literal
     table: TypeTable | None = attrs.field(default=None, eq=False, repr=False)
 
@@ -163,7 +164,8 @@ class TypeTable:
             if dict_index is not None:
                 # A type parameter of shaped generic code (DWARF names it ".paramN"): it has the shape's layout
                 # and its real type is entry `dict_index` of the function's dictionary.
-                return attrs.evolve(under, offset=die.offset, runtime_type=None, dict_index=dict_index)
+                return attrs.evolve(under, offset=die.offset, runtime_type=None, dict_index=dict_index,
+                                    shape_offset=target)
             return attrs.evolve(under, offset=die.offset, name=name, named=True,
                                 runtime_type=rtype if rtype is not None else None,
                                 dict_index=dict_index if dict_index is not None else under.dict_index,

@@ -28,6 +28,8 @@ def dump(plan: S.SnapshotPlan) -> str:
     for i, fp in enumerate(plan.frames):
         ranges = " ".join(f"[{lo:#x},{hi:#x})" for lo, hi in fp.ranges)
         out.append(f"frame {i} {fp.function}{' inlined' if fp.inlined else ''} {ranges}")
+        for r in fp.dictionary:
+            out.append(f"  dictionary at [{r.low:#x},{r.high:#x}) {describe(r.location)}")
         for c in fp.captures:
             head = f"  capture {c.label!r}"
             if c.type is None:
@@ -44,6 +46,8 @@ def dump(plan: S.SnapshotPlan) -> str:
     for i, e in enumerate(plan.types.entries):
         rt = f" rtype={e.runtime_type:#x}" if e.runtime_type else ""
         out.append(f"t{i} {e.name!r} size={e.size}{rt}{' direct' if e.direct_iface else ''} {_shape(e.shape)}")
+    for c in plan.types.closures:
+        out.append(f"closure {c.entry:#x} context=t{c.context}")
     return "\n".join(out) + "\n"
 
 

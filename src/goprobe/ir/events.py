@@ -18,7 +18,9 @@ from goprobe import expr as X
 from goprobe.dwarf.functions import Variable
 from goprobe.errors import ExpressionError
 from goprobe.ir.access import AccessCompiler
-from goprobe.ir.snapshot import FramePlan, GoroutineLayout, VariableCapture, compile_captures, unwind_table
+from goprobe.dwarf.lists import LocationRange
+from goprobe.ir.snapshot import (FramePlan, GoroutineLayout, VariableCapture, compile_captures, dictionary_locations,
+                                 unwind_table)
 from goprobe.ir.values import InterfaceLayout, TypeTable, TypeTableBuilder
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class ProbeSite:
     inlined: bool
     captures: tuple[VariableCapture, ...]
     condition: Cond | None
+    dictionary: tuple[LocationRange, ...] = ()  # shaped generic code: where ``.dict`` lives
 
 
 @attrs.frozen(slots=True)
@@ -102,16 +105,21 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
         cond = None
         if req.condition is not None:
             cond = _condition(b, tb, compiler, variables, req.condition, X.unparse(req.condition))
-        sites.append(ProbeSite(pc, function, inlined, caps, cond))
+        sites.append(ProbeSite(pc, function, inlined, caps, cond, dictionary_locations(variables)))
+        tb.add_type_arguments(function)
     callers = []
     for fname, caps in req.callers.items():
         texts = [(c.text, c.expr) for c in caps]
         fns = b.functions(fname) or [b.function(fname)]
         for fn in fns:
-            callers.append(FramePlan(fn.name, fn.ranges, False, compile_captures(b, tb, compiler, fn.variables, texts)))
+            callers.append(FramePlan(fn.name, fn.ranges, False, compile_captures(b, tb, compiler, fn.variables, texts),
+                                     dictionary_locations(fn.variables)))
+            tb.add_type_arguments(fn.name)
         for _caller, call in b.inlined_copies(fname):
-            callers.append(FramePlan(fname, call.ranges, True, compile_captures(b, tb, compiler, call.variables, texts)))
+            callers.append(FramePlan(fname, call.ranges, True, compile_captures(b, tb, compiler, call.variables, texts),
+                                     dictionary_locations(call.variables)))
     tb.add_interface_candidates()
+    tb.add_closures_if_funcs()
     return EventPlan(probe.kind, tuple(sites), tuple(callers), tb.build(), InterfaceLayout.from_binary(b),
                      GoroutineLayout.from_binary(b), unwind_table(b), req.stack, tuple(c.text for c in req.captures))
 

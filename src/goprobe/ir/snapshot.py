@@ -84,6 +84,7 @@ class FramePlan:
     ranges: tuple[tuple[int, int], ...]
     inlined: bool
     captures: tuple[VariableCapture, ...]
+    dictionary: tuple[LocationRange, ...] = ()  # shaped generic code: where ``.dict`` (a pointer) lives
 
 
 # Unwinding ends in these functions: the bottom of every goroutine's stack.
@@ -143,8 +144,11 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
             ranges = next(fn.ranges for fn in outlined if fn.name == name) if not inlined else None
             if inlined:
                 ranges = next(call.ranges for _c, call in copies if call.variables is variables)
-            plans.append(FramePlan(name, ranges, inlined, compile_captures(b, tb, compiler, variables, parsed)))
+            plans.append(FramePlan(name, ranges, inlined, compile_captures(b, tb, compiler, variables, parsed),
+                                   dictionary_locations(variables)))
+            tb.add_type_arguments(name)
     tb.add_interface_candidates()
+    tb.add_closures_if_funcs()
     gfilter = None
     if goroutine_filter:
         fns = b.functions(goroutine_filter) or [b.function(goroutine_filter)]
@@ -178,6 +182,14 @@ def _frame_types(b: GoBinary, variables: Sequence[Variable]) -> dict:
     for v in variables:
         out.setdefault(v.name, b.type_at(v.type_offset))
     return out
+
+
+def dictionary_locations(variables: Sequence[Variable]) -> tuple[LocationRange, ...]:
+    """Where shaped generic code keeps its dictionary pointer (``.dict``), per PC range; () if not generic."""
+    for v in variables:
+        if v.name == ".dict":
+            return tuple(attrs.evolve(r, location=repair_pieces(r.location, 8)) for r in v.locations)
+    return ()
 
 
 def compile_captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler,
@@ -223,19 +235,26 @@ def rebase(plan: SnapshotPlan, bias: int) -> SnapshotPlan:
         return attrs.evolve(p, offset=p.offset + bias) if p.kind == ADDRESS_MEMORY else p
 
     def capture(c: VariableCapture) -> VariableCapture:
-        locs = tuple(attrs.evolve(r, low=r.low + bias, high=r.high + bias,
-                                  location=tuple(piece(p) for p in r.location)) for r in c.locations)
+        locs = locations(c.locations)
         path = c.path
         if path is not None and path.root == "":
             path = attrs.evolve(path, global_address=path.global_address + bias)
         return attrs.evolve(c, locations=locs, path=path)
 
-    frames = tuple(attrs.evolve(fp, ranges=spans(fp.ranges), captures=tuple(capture(c) for c in fp.captures))
+    def locations(rs):
+        return tuple(attrs.evolve(r, low=r.low + bias, high=r.high + bias,
+                                  location=tuple(piece(p) for p in r.location)) for r in rs)
+
+    frames = tuple(attrs.evolve(fp, ranges=spans(fp.ranges), captures=tuple(capture(c) for c in fp.captures),
+                                dictionary=locations(fp.dictionary))
                    for fp in plan.frames)
     unwind = tuple((lo + bias, hi + bias, tuple((pc + bias, reg, off) for pc, reg, off in rows))
                    for lo, hi, rows in plan.unwind)
+    types = plan.types
+    if types.closures:
+        types = TypeTable(types.entries, tuple(attrs.evolve(c, entry=c.entry + bias) for c in types.closures))
     return attrs.evolve(
-        plan, frames=frames, unwind=unwind, stops=spans(plan.stops),
+        plan, frames=frames, unwind=unwind, stops=spans(plan.stops), types=types,
         goroutine_filter=None if plan.goroutine_filter is None else spans(plan.goroutine_filter),
         goroutines=attrs.evolve(plan.goroutines, allgs=plan.goroutines.allgs + bias,
                                 allglen=plan.goroutines.allglen + bias),

@@ -8,6 +8,7 @@ layouts. Types refer to each other by index in the table, so recursive Go types 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -137,7 +138,26 @@ class Opaque:
     size: int
 
 
-Shape = Scalar | String | Slice | Array | Struct | Pointer | Interface | ClassicMap | SwissMap | Chan | Func | Opaque
+@attrs.frozen(slots=True)
+class TypeParam:
+    """A value of a type parameter in shaped generic code: its real type is the runtime type in entry
+    ``index`` of the frame's dictionary (``.dict``); ``shape`` (same layout) serves when that is unknown."""
+
+    shape: TypeId
+    index: int
+
+
+@attrs.frozen(slots=True)
+class Closure:
+    """A closure function's captured variables: a func value pointing at a context whose code pointer is
+    ``entry`` holds them at the offsets of the ``context`` struct (``DW_AT_go_closure_offset``)."""
+
+    entry: int  # the closure function's entry PC (link-time)
+    context: TypeId  # a Struct entry laid over the context, from its start (the code pointer is at 0)
+
+
+Shape = (Scalar | String | Slice | Array | Struct | Pointer | Interface | ClassicMap | SwissMap | Chan | Func
+         | Opaque | TypeParam)
 
 
 @attrs.frozen(slots=True)
@@ -176,7 +196,16 @@ class TypeTable:
     """Every type a program may serialise, by id, and the runtime-type → id map interfaces dispatch on."""
 
     entries: tuple[TypeEntry, ...]
-    by_runtime_type: dict[int, TypeId] = attrs.field(eq=False, repr=False)
+    closures: tuple[Closure, ...] = ()
+    by_runtime_type: dict[int, TypeId] = attrs.field(eq=False, repr=False, factory=dict)
+    by_closure_entry: dict[int, TypeId] = attrs.field(eq=False, repr=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        # Derived indexes (not part of the program's bytes): rebuilt from the entries wherever a table is made.
+        if not self.by_runtime_type:
+            self.by_runtime_type.update({e.runtime_type: i for i, e in enumerate(self.entries) if e.runtime_type})
+        if not self.by_closure_entry:
+            self.by_closure_entry.update({c.entry: c.context for c in self.closures})
 
     def __getitem__(self, tid: TypeId) -> TypeEntry:
         return self.entries[tid]
@@ -190,6 +219,8 @@ class TypeTableBuilder:
         self._layout = binary.runtime
         self._ids: dict[int, TypeId] = {}
         self._entries: list[TypeEntry | None] = []
+        self._closures: dict[int, TypeId] = {}
+        self._type_argument_sources: set[str] = set()
 
     def add(self, t: GoType) -> TypeId:
         tid = self._ids.get(t.offset)
@@ -215,6 +246,52 @@ class TypeTableBuilder:
             if t.name in _PREDECLARED or any(bare.startswith(p) for p in prefixes) or t.name in _COMMON_DYNAMIC:
                 self.add(t)
 
+    def add_type_arguments(self, function: str) -> None:
+        """Add the real types a shaped generic *function* may run with: every type its dictionaries
+        (``pkg..dict.Name[...]``, static data the linker filled in) refer to, so values of its type
+        parameters are serialised by their real types."""
+        base = _generic_base(function)
+        if base is None or base in self._type_argument_sources:
+            return
+        self._type_argument_sources.add(base)
+        pkg, _, name = base.rpartition(".")
+        if not pkg:
+            return
+        prefix = f"{pkg}..dict.{name}["
+        elf = self._b.elf
+        for sym_name in elf.symbol_names():
+            if not sym_name.startswith(prefix):
+                continue
+            sym = elf.symbol(sym_name)
+            data = elf.read_vaddr(sym.value, sym.size) if sym is not None and sym.size else None
+            for i in range(0, len(data or b"") - 7, 8):
+                t = self._b.type_for_runtime_type(int.from_bytes(data[i:i + 8], "little"))
+                if t is not None:
+                    self.add(t)
+
+    def add_closures(self, packages: Iterable[str]) -> None:
+        """Add the captured-variable layouts of every closure function of *packages*, so a func value that
+        is a closure shows what it captured."""
+        for pkg in packages:
+            for fn in self._b.package_functions(pkg):
+                if fn.entry in self._closures:
+                    continue
+                fields = sorted({(v.closure_offset, v.name, v.type_offset) for v in fn.variables
+                                 if v.closure_offset is not None})
+                if not fields:
+                    continue
+                tid = len(self._entries)
+                self._entries.append(None)
+                shape = Struct(tuple(Field(name, off, self.add(self._b.type_at(t))) for off, name, t in fields))
+                size = max(off + self.entry(f.type).size for (off, _n, _t), f in zip(fields, shape.fields))
+                self._entries[tid] = TypeEntry(f"closure context of {fn.name}", size, shape, None, False)
+                self._closures[fn.entry] = tid
+
+    def add_closures_if_funcs(self) -> None:
+        """Closure layouts are only worth their DWARF reads when some captured type is a func."""
+        if any(isinstance(e.shape, Func) for e in self._entries if e is not None):
+            self.add_closures(user_packages(self._b))
+
     def entry(self, tid: TypeId) -> TypeEntry:
         """The entry of a type added earlier (complete once its own shape was compiled)."""
         e = self._entries[tid]
@@ -224,12 +301,22 @@ class TypeTableBuilder:
     def build(self) -> TypeTable:
         entries = tuple(e for e in self._entries if e is not None)
         assert len(entries) == len(self._entries)
-        rt = {e.runtime_type: i for i, e in enumerate(entries) if e.runtime_type}
-        return TypeTable(entries, rt)
+        closures = tuple(Closure(pc, tid) for pc, tid in sorted(self._closures.items()))
+        return TypeTable(entries, closures)
 
     def _shape(self, t: GoType) -> Shape:
         k = t.kind
         b = self._b
+        if t.dict_index is not None and t.shape_offset is not None:
+            shape_t = b.type_at(t.shape_offset)
+            if shape_t.kind == "ptr":
+                # Every pointer type shares one shape (``*uint8``): without the real type only the address
+                # is known, never a guessed pointee.
+                fallback = len(self._entries)
+                self._entries.append(TypeEntry(shape_t.name or "pointer", 8, Pointer(None, 0), None, True))
+            else:
+                fallback = self.add(shape_t)
+            return TypeParam(fallback, t.dict_index)
         if k == "string":
             return String()
         if k in _SCALARS:
@@ -321,6 +408,21 @@ def _module_paths(b: GoBinary) -> list[str]:
         if len(parts) >= 2 and parts[0] in ("mod", "path") and parts[1] not in ("command-line-arguments",):
             out.append(parts[1])
     return out
+
+
+def user_packages(b: GoBinary) -> list[str]:
+    """``main`` and the packages of the main module: the program's own code."""
+    mods = _module_paths(b)
+    pkgs = set(b.unit_names().values())
+    return sorted(p for p in pkgs if p == "main" or any(p == m or p.startswith(m + "/") for m in mods))
+
+
+def _generic_base(function: str) -> str | None:
+    """``main.Pair[go.shape.string,go.shape.int].Describe`` → ``main.Pair``; None if not generic."""
+    open_at = function.find("[")
+    if open_at < 0:
+        return None
+    return function[:open_at]
 
 
 def _values_field(bucket: GoType):

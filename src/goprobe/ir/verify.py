@@ -168,8 +168,23 @@ def _verify_types(table: object) -> None:
                 _int(getattr(sh, name), f"{where}.{name}", 0, MAX_VALUE)
         elif isinstance(sh, V.Opaque):
             _int(sh.size, where + ".size", 0, MAX_VALUE)
+        elif isinstance(sh, V.TypeParam):
+            tid(sh.shape, where + ".shape")
+            _int(sh.index, where + ".index", 0, 1 << 16)
+            _check(entries[sh.shape].size == e.size and not isinstance(entries[sh.shape].shape, V.TypeParam),
+                   where, "a type parameter's shape has its size and is not itself a type parameter")
         else:
             _check(False, where, f"unknown shape {type(sh).__name__}")
+
+
+    closures = table.closures
+    _check(isinstance(closures, tuple), "types.closures", "must be a tuple")
+    for i, c in enumerate(closures):
+        where = f"types.closures[{i}]"
+        _check(isinstance(c, V.Closure), where, "not a Closure")
+        _int(c.entry, where + ".entry")
+        tid(c.context, where + ".context")
+        _check(isinstance(entries[c.context].shape, V.Struct), where, "a closure context is a struct")
 
 
 def _int_fields(node: object) -> list[str]:
@@ -181,6 +196,7 @@ def _verify_frame(fp: object, table: V.TypeTable, where: str) -> None:
     _check(isinstance(fp.function, str) and isinstance(fp.inlined, bool), where, "bad function or inlined")
     _span_list(fp.ranges, where + ".ranges")
     _check(isinstance(fp.captures, tuple), where, "captures must be a tuple")
+    _locations(fp.dictionary, where + ".dictionary")
     n = len(table.entries)
     for j, c in enumerate(fp.captures):
         w = f"{where}.captures[{j}]"
@@ -191,15 +207,19 @@ def _verify_frame(fp: object, table: V.TypeTable, where: str) -> None:
             if ref is not None:
                 _int(ref, w, 0, n)
         _check(c.type is not None or c.missing is not None, w, "a capture needs a type or a reason")
-        _check(isinstance(c.locations, tuple), w, "locations must be a tuple")
-        for r in c.locations:
-            _check(isinstance(r, LocationRange) and isinstance(r.low, int) and isinstance(r.high, int)
-                   and r.low < r.high, w, "bad location range")
-            _check(isinstance(r.location, tuple), w, "a location is a tuple of pieces")
-            for p in r.location:
-                _verify_piece(p, w)
+        _locations(c.locations, w)
         if c.path is not None:
             _verify_path(c.path, table, w)
+
+
+def _locations(locations: object, w: str) -> None:
+    _check(isinstance(locations, tuple), w, "locations must be a tuple")
+    for r in locations:
+        _check(isinstance(r, LocationRange) and isinstance(r.low, int) and isinstance(r.high, int)
+               and r.low < r.high, w, "bad location range")
+        _check(isinstance(r.location, tuple), w, "a location is a tuple of pieces")
+        for p in r.location:
+            _verify_piece(p, w)
 
 
 def _verify_piece(p: object, where: str) -> None:

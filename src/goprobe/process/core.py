@@ -200,6 +200,7 @@ class CoreFile:
         self.threads: list[ThreadState] = threads
         self.pid: int = proc_pid if proc_pid else min(t.tid for t in threads)
         self.executable: str | None = _executable(files, entry)
+        self.entry: int | None = entry  # the program's run-time entry point (AT_ENTRY), when the core has it
         self.memory = _CoreMemory(self._data, segments, files)
 
     def close(self) -> None:

@@ -21,14 +21,14 @@ from goprobe.ir import values as V
 from goprobe.ir.verify import VerificationError, verify
 
 MAGIC = b"GOPROBE\x00"
-VERSION = 1
+VERSION = 2
 
 # Node tags: the position in this tuple, plus one. Append only; a change of meaning needs a new VERSION.
 NODES: tuple[type, ...] = (
     S.SnapshotPlan, S.GoroutineLayout, S.FramePlan, S.VariableCapture, V.InterfaceLayout, V.TypeTable,
     V.TypeEntry, V.Scalar, V.String, V.Slice, V.Array, V.Field, V.Struct, V.Pointer, V.Interface, V.ClassicMap,
     V.SwissMap, V.Chan, V.Func, V.Opaque, LocationRange, Piece, A.AccessPath, A.FieldStep, A.DerefStep,
-    A.IndexStep, A.LenStep, A.CapStep, A.MapLookupStep, A.TypeAssertStep,
+    A.IndexStep, A.LenStep, A.CapStep, A.MapLookupStep, A.TypeAssertStep, V.TypeParam, V.Closure,
 )
 _TAG = {cls: i + 1 for i, cls in enumerate(NODES)}
 
@@ -148,9 +148,10 @@ def _get(data: bytes, pos: int, strings: list[str]) -> tuple[object, int]:
         for f in _fields(cls):
             values[f.name], pos = _get(data, pos, strings)
         if cls is V.TypeTable:
-            entries = values["entries"]
+            entries, closures = values["entries"], values["closures"]
             if not isinstance(entries, tuple) or not all(isinstance(e, V.TypeEntry) for e in entries):
                 raise ValueError("type table entries must be TypeEntry nodes")
-            values["by_runtime_type"] = {e.runtime_type: i for i, e in enumerate(entries) if e.runtime_type}
+            if not isinstance(closures, tuple) or not all(isinstance(c, V.Closure) for c in closures):
+                raise ValueError("type table closures must be Closure nodes")
         return cls(**values), pos
     raise ValueError(f"unknown value kind {kind}")

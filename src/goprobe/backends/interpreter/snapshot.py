@@ -73,6 +73,7 @@ class SnapshotInterpreter:
         self.threads = {t.tid: t for t in threads}
         self.limits = limits
         self.rt = RuntimeTypeInfo(plan.interfaces)
+        self._dictionary = 0  # of the frame being captured
         self._unwind_starts = [lo for lo, _hi, _rows in plan.unwind]
         self._stop_starts = [lo for lo, _hi in plan.stops]
         self._frame_plans = sorted(((lo, hi, fp) for fp in plan.frames for lo, hi in fp.ranges),
@@ -228,6 +229,7 @@ class SnapshotInterpreter:
     def _capture_frame(self, fp: FramePlan, pc: int, cfa: int | None, regs) -> tuple[RawCapture, ...]:
         out: list[RawCapture] = []
         done: set[str] = set()
+        self._dictionary = self._frame_dictionary(fp, pc, cfa, regs) if fp.dictionary else 0
         for cap in fp.captures:
             if cap.label in done:
                 continue
@@ -255,6 +257,19 @@ class SnapshotInterpreter:
                                       "or out of scope)"))
         return tuple(out)
 
+    def _frame_dictionary(self, fp: FramePlan, pc: int, cfa: int | None, regs) -> int:
+        """The dictionary pointer of a shaped generic frame (0 where its location is unknown)."""
+        for r in fp.dictionary:
+            if r.low <= pc < r.high:
+                data = bytearray()
+                for piece in r.location:
+                    got, _why = self._piece(piece, piece.size if piece.size is not None else 8, cfa, regs)
+                    if got is None:
+                        return 0
+                    data += got
+                return _U64.unpack_from(bytes(data).ljust(8, b"\0"))[0]
+        return 0
+
     def _capture(self, cap, loc: E.Location, cfa: int | None, regs) -> RawCapture:
         root_size = 8 if cap.escaped else self.plan.types[cap.root_type if cap.root_type is not None else cap.type].size
         data = bytearray()
@@ -275,6 +290,7 @@ class SnapshotInterpreter:
     def _finish(self, cap, *, addr: int | None = None, data: bytes | None = None) -> RawCapture:
         """Follow the capture's access path from its root, then encode the result."""
         enc = ValueEncoder(self.plan.types, self.mem, self.limits, self.rt)
+        enc.dictionary = self._dictionary
         enc.begin_value()
         if cap.path is not None and cap.path.steps:
             try:

@@ -64,6 +64,7 @@ class ValueEncoder:
         self.rt = rt
         self.out = bytearray()
         self._seen: dict[int, int] = {}
+        self.dictionary = 0  # the current frame's generic dictionary (``.dict``), 0 if none or unreadable
 
     # -- entry points -----------------------------------------------------------------------------------
     def begin_value(self) -> None:
@@ -120,6 +121,16 @@ class ValueEncoder:
                 raw = self.mem.read(fv, 8)
                 pc = _U64.unpack(raw)[0] if raw else 0
             out += struct.pack("<QQ", fv, pc)
+            context = self.table.by_closure_entry.get(pc) if pc else None
+            if context is None:
+                out += struct.pack("<I", UNKNOWN_TYPE)
+            else:  # a closure: its captured variables live after the code pointer
+                out += struct.pack("<I", context)
+                self.value_at(context, fv, depth)
+        elif isinstance(shape, V.TypeParam):
+            tid = self._type_argument(shape, len(data))
+            out += struct.pack("<I", UNKNOWN_TYPE if tid is None else tid)
+            self.value_from_bytes(shape.shape if tid is None else tid, data, depth)
         else:  # Opaque: raw bytes
             out += struct.pack("<I", len(data)) + data
 
@@ -196,6 +207,18 @@ class ValueEncoder:
             self.value_from_bytes(tid, _U64.pack(word1) + b"\0" * max(0, self.table[tid].size - 8), depth)
         else:
             self.value_at(tid, word1, depth)
+
+    def _type_argument(self, shape: V.TypeParam, size: int) -> V.TypeId | None:
+        """The real type of a type-parameter value: the runtime type in the frame's dictionary."""
+        if not self.dictionary:
+            return None
+        raw = self.mem.read(self.dictionary + 8 * shape.index, 8)
+        if not raw:
+            return None
+        tid = self.table.by_runtime_type.get(_U64.unpack(raw)[0] - self.types_base())
+        if tid is None or self.table[tid].size != size:
+            return None
+        return tid
 
     def is_direct(self, typ: int) -> bool:
         rt = self.rt
