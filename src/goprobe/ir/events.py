@@ -18,6 +18,7 @@ from goprobe import expr as X
 from goprobe.dwarf.functions import Variable
 from goprobe.errors import ExpressionError
 from goprobe.ir.access import AccessCompiler
+from goprobe.dwarf.expressions import IMPLICIT, REGISTER, Piece
 from goprobe.dwarf.lists import LocationRange
 from goprobe.ir.snapshot import (FramePlan, GoroutineLayout, VariableCapture, compile_captures, dictionary_locations,
                                  unwind_table)
@@ -39,6 +40,9 @@ class ProbeSite:
     captures: tuple[VariableCapture, ...]
     condition: Cond | None
     dictionary: tuple[LocationRange, ...] = ()  # shaped generic code: where ``.dict`` lives
+    returns: tuple[VariableCapture, ...] = ()  # return probes: the results, where the register ABI puts them
+    cfa: tuple[int, int] = (7, 8)  # CFA rule at the PC: (DWARF register, offset)
+    frame_pointer_saved: bool = False  # RBP already holds this frame's pointer (the caller's is at CFA-16)
 
 
 @attrs.frozen(slots=True)
@@ -88,6 +92,8 @@ class EventPlan:
     unwind: tuple
     stack: bool
     labels: tuple[str, ...]  # the probe's capture labels, in request order
+    probe: str = ""  # the probe point as the user would write it
+    entry_pcs: tuple[int, ...] = ()  # return probes: where the probed functions start (after the stack check)
 
 
 def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
@@ -105,7 +111,9 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
         cond = None
         if req.condition is not None:
             cond = _condition(b, tb, compiler, variables, req.condition, X.unparse(req.condition))
-        sites.append(ProbeSite(pc, function, inlined, caps, cond, dictionary_locations(variables)))
+        returns = _abi_results(b, tb, variables, pc) if probe.kind == "return" else ()
+        sites.append(ProbeSite(pc, function, inlined, caps, cond, dictionary_locations(variables), returns,
+                               *_frame_at(b, pc)))
         tb.add_type_arguments(function)
     callers = []
     for fname, caps in req.callers.items():
@@ -120,12 +128,97 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
                                      dictionary_locations(call.variables)))
     tb.add_interface_candidates()
     tb.add_closures_if_funcs()
+    entry_pcs: tuple[int, ...] = ()
+    if probe.kind == "return":
+        entry_pcs = tuple(b.code.for_function(fn).prologue_end for fn in b.functions(probe.function))
     return EventPlan(probe.kind, tuple(sites), tuple(callers), tb.build(), InterfaceLayout.from_binary(b),
-                     GoroutineLayout.from_binary(b), unwind_table(b), req.stack, tuple(c.text for c in req.captures))
+                     GoroutineLayout.from_binary(b), unwind_table(b), req.stack, tuple(c.text for c in req.captures),
+                     _probe_text(probe), entry_pcs)
+
+
+# Go's internal ABI on amd64 (DWARF register numbers): integer results in RAX, RBX, RCX, RDI, RSI, R8-R11,
+# floating-point ones in X0-X14; results are assigned from the first register again, independent of arguments.
+_INT_REGS = (0, 3, 2, 5, 4, 8, 9, 10, 11)
+_FLOAT_REGS = tuple(range(17, 32))
+
+
+def _abi_results(b: GoBinary, tb: TypeTableBuilder, variables, pc: int) -> tuple[VariableCapture, ...]:
+    """The function's results as captures located in registers at a RET instruction (register ABI)."""
+    ints, floats = list(_INT_REGS), list(_FLOAT_REGS)
+    out = []
+    for v in variables:
+        if v.role != "result":
+            continue
+        t = b.type_at(v.type_offset)
+        pieces: list[Piece] = []
+        try:
+            _assign(b, t, pieces, ints, floats)
+        except _StackAssigned:
+            out.append(VariableCapture(v.name, (), tb.add(t), missing="returned on the stack (too large for the "
+                                       "register ABI); not captured"))
+            continue
+        out.append(VariableCapture(v.name, (LocationRange(pc, pc + 1, tuple(pieces)),), tb.add(t),
+                                   root_type=tb.add(t)))
+    return tuple(out)
+
+
+class _StackAssigned(Exception):
+    pass
+
+
+def _assign(b: GoBinary, t, pieces: list[Piece], ints: list[int], floats: list[int]) -> None:
+    """Append register pieces for a value of type *t*, padding included; raise when registers run out."""
+    k = t.kind
+    if k in ("float32", "float64"):
+        if not floats:
+            raise _StackAssigned
+        pieces.append(Piece(REGISTER, t.size, floats.pop(0)))
+    elif k in ("complex64", "complex128"):
+        half = t.size // 2
+        if len(floats) < 2:
+            raise _StackAssigned
+        pieces += [Piece(REGISTER, half, floats.pop(0)), Piece(REGISTER, half, floats.pop(0))]
+    elif k == "struct":
+        end = 0
+        for f in t.fields:
+            if f.offset > end:
+                pieces.append(Piece(IMPLICIT, f.offset - end, value=bytes(f.offset - end)))
+            ft = t.field_type(f)
+            _assign(b, ft, pieces, ints, floats)
+            end = f.offset + ft.size
+        if t.size > end:
+            pieces.append(Piece(IMPLICIT, t.size - end, value=bytes(t.size - end)))
+    elif k == "array":
+        if (t.length or 0) > 1:
+            raise _StackAssigned
+        if t.length == 1:
+            _assign(b, t.elem, pieces, ints, floats)
+    elif k in ("string", "interface", "slice"):
+        words = t.size // 8
+        if len(ints) < words:
+            raise _StackAssigned
+        pieces += [Piece(REGISTER, 8, ints.pop(0)) for _ in range(words)]
+    elif t.size == 0:
+        return
+    else:  # integers, bools, pointers, maps, chans, funcs
+        if not ints:
+            raise _StackAssigned
+        pieces.append(Piece(REGISTER, t.size, ints.pop(0)))
 
 
 def _probe_text(probe) -> str:
     return f"{probe.file}:{probe.line}" if probe.kind == "line" else f"{probe.kind} of {probe.function}"
+
+
+def _frame_at(b: GoBinary, pc: int) -> tuple[tuple[int, int], bool]:
+    """The CFA rule at *pc* and whether the frame pointer is set up there (then the caller's is saved)."""
+    rule = b.frame_rule(pc)
+    cfa = (rule.cfa_reg, rule.cfa_offset) if rule is not None else (7, 8)
+    fn = b.function_at(pc)
+    saved = False
+    if fn is not None and cfa[0] == 7 and cfa[1] > 8:
+        saved = b.code.for_function(fn).has_frame_pointer
+    return cfa, saved
 
 
 def _sites(b: GoBinary, probe) -> list[tuple[int, str, bool, tuple[Variable, ...]]]:
