@@ -20,8 +20,8 @@ from goprobe.errors import ExpressionError
 from goprobe.ir.access import AccessCompiler
 from goprobe.dwarf.expressions import IMPLICIT, REGISTER, Piece
 from goprobe.dwarf.lists import LocationRange
-from goprobe.ir.snapshot import (FramePlan, GoroutineLayout, VariableCapture, compile_captures, dictionary_locations,
-                                 unwind_table)
+from goprobe.ir.snapshot import (FramePlan, GoroutineLayout, Rebaser, VariableCapture, compile_captures,
+                                 dictionary_locations, unwind_table)
 from goprobe.ir.values import InterfaceLayout, TypeTable, TypeTableBuilder
 
 if TYPE_CHECKING:
@@ -204,6 +204,33 @@ def _assign(b: GoBinary, t, pieces: list[Piece], ints: list[int], floats: list[i
         if not ints:
             raise _StackAssigned
         pieces.append(Piece(REGISTER, t.size, ints.pop(0)))
+
+
+def rebase_event(plan: EventPlan, bias: int) -> EventPlan:
+    """The plan for a position-independent executable loaded *bias* bytes above its link-time addresses."""
+    if bias == 0:
+        return plan
+    r = Rebaser(bias)
+
+    def operand(o):
+        return attrs.evolve(o, capture=r.capture(o.capture)) if isinstance(o, Operand) else o
+
+    def cond(c):
+        if isinstance(c, Compare):
+            return attrs.evolve(c, left=operand(c.left), right=operand(c.right))
+        if isinstance(c, Logic):
+            return attrs.evolve(c, left=cond(c.left), right=cond(c.right))
+        if isinstance(c, Not):
+            return attrs.evolve(c, operand=cond(c.operand))
+        return operand(c) if c is not None else None
+
+    sites = tuple(attrs.evolve(s, pc=s.pc + bias, captures=tuple(r.capture(c) for c in s.captures),
+                               returns=tuple(r.capture(c) for c in s.returns), condition=cond(s.condition),
+                               dictionary=r.locations(s.dictionary)) for s in plan.sites)
+    return attrs.evolve(plan, sites=sites, callers=tuple(r.frame(fp) for fp in plan.callers),
+                        types=r.types(plan.types), interfaces=r.interfaces(plan.interfaces),
+                        goroutines=r.goroutines(plan.goroutines), unwind=r.unwind(plan.unwind),
+                        entry_pcs=tuple(pc + bias for pc in plan.entry_pcs))
 
 
 def _probe_text(probe) -> str:

@@ -222,40 +222,56 @@ def compile_captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler
 __all__ = ["SnapshotPlan", "FramePlan", "VariableCapture", "GoroutineLayout", "compile_snapshot", "G_STATUS"]
 
 
-def rebase(plan: SnapshotPlan, bias: int) -> SnapshotPlan:
-    """The plan for a position-independent executable loaded *bias* bytes above its link-time addresses:
-    every code and static-data address moves; offsets, sizes and runtime-type offsets do not."""
-    if bias == 0:
-        return plan
+class Rebaser:
+    """Moves the code and static-data addresses of plan parts by a position-independent executable's load
+    bias; offsets, sizes and runtime-type offsets stay."""
 
-    def spans(rs):
-        return tuple((lo + bias, hi + bias) for lo, hi in rs)
+    def __init__(self, bias: int) -> None:
+        self.bias = bias
 
-    def piece(p):
-        return attrs.evolve(p, offset=p.offset + bias) if p.kind == ADDRESS_MEMORY else p
+    def spans(self, rs):
+        return tuple((lo + self.bias, hi + self.bias) for lo, hi in rs)
 
-    def capture(c: VariableCapture) -> VariableCapture:
-        locs = locations(c.locations)
+    def piece(self, p):
+        return attrs.evolve(p, offset=p.offset + self.bias) if p.kind == ADDRESS_MEMORY else p
+
+    def locations(self, rs):
+        return tuple(attrs.evolve(r, low=r.low + self.bias, high=r.high + self.bias,
+                                  location=tuple(self.piece(p) for p in r.location)) for r in rs)
+
+    def capture(self, c: VariableCapture) -> VariableCapture:
         path = c.path
         if path is not None and path.root == "":
-            path = attrs.evolve(path, global_address=path.global_address + bias)
-        return attrs.evolve(c, locations=locs, path=path)
+            path = attrs.evolve(path, global_address=path.global_address + self.bias)
+        return attrs.evolve(c, locations=self.locations(c.locations), path=path)
 
-    def locations(rs):
-        return tuple(attrs.evolve(r, low=r.low + bias, high=r.high + bias,
-                                  location=tuple(piece(p) for p in r.location)) for r in rs)
+    def frame(self, fp: FramePlan) -> FramePlan:
+        return attrs.evolve(fp, ranges=self.spans(fp.ranges), captures=tuple(self.capture(c) for c in fp.captures),
+                            dictionary=self.locations(fp.dictionary))
 
-    frames = tuple(attrs.evolve(fp, ranges=spans(fp.ranges), captures=tuple(capture(c) for c in fp.captures),
-                                dictionary=locations(fp.dictionary))
-                   for fp in plan.frames)
-    unwind = tuple((lo + bias, hi + bias, tuple((pc + bias, reg, off) for pc, reg, off in rows))
-                   for lo, hi, rows in plan.unwind)
-    types = plan.types
-    if types.closures:
-        types = TypeTable(types.entries, tuple(attrs.evolve(c, entry=c.entry + bias) for c in types.closures))
+    def unwind(self, unwind):
+        b = self.bias
+        return tuple((lo + b, hi + b, tuple((pc + b, reg, off) for pc, reg, off in rows)) for lo, hi, rows in unwind)
+
+    def types(self, types: TypeTable) -> TypeTable:
+        if not types.closures:
+            return types
+        return TypeTable(types.entries, tuple(attrs.evolve(c, entry=c.entry + self.bias) for c in types.closures))
+
+    def goroutines(self, g: GoroutineLayout) -> GoroutineLayout:
+        return attrs.evolve(g, allgs=g.allgs + self.bias, allglen=g.allglen + self.bias)
+
+    def interfaces(self, il: InterfaceLayout) -> InterfaceLayout:
+        return attrs.evolve(il, types_field_addr=il.types_field_addr + self.bias)
+
+
+def rebase(plan: SnapshotPlan, bias: int) -> SnapshotPlan:
+    """The plan for a position-independent executable loaded *bias* bytes above its link-time addresses."""
+    if bias == 0:
+        return plan
+    r = Rebaser(bias)
     return attrs.evolve(
-        plan, frames=frames, unwind=unwind, stops=spans(plan.stops), types=types,
-        goroutine_filter=None if plan.goroutine_filter is None else spans(plan.goroutine_filter),
-        goroutines=attrs.evolve(plan.goroutines, allgs=plan.goroutines.allgs + bias,
-                                allglen=plan.goroutines.allglen + bias),
-        interfaces=attrs.evolve(plan.interfaces, types_field_addr=plan.interfaces.types_field_addr + bias))
+        plan, frames=tuple(r.frame(fp) for fp in plan.frames), unwind=r.unwind(plan.unwind), stops=r.spans(plan.stops),
+        types=r.types(plan.types),
+        goroutine_filter=None if plan.goroutine_filter is None else r.spans(plan.goroutine_filter),
+        goroutines=r.goroutines(plan.goroutines), interfaces=r.interfaces(plan.interfaces))

@@ -1,0 +1,1282 @@
+"""Lowers an event plan (``goprobe.ir.events.EventPlan``) to BPF programs, as LLVM IR text.
+
+One program per probe site (a uprobe at that PC). Everything the plan knows is a constant in the code: PCs,
+CFA rules, register numbers, offsets, sizes, type ids. A program reads the registers from ``pt_regs``, checks
+the condition, applies the limits, writes one event record into a per-CPU scratch area and sends it through a
+ring buffer. The record layout is documented in ``docs/event-record.md``; values inside it use the raw value
+stream of ``docs/value-stream.md`` so the same decoder serves snapshots and events.
+
+The verifier must be able to prove every access: positions in the output are masked (``pos & (HALF-1)``,
+hidden from LLVM's range analysis by a barrier), variable lengths are clamped to constants, loops have
+constant bounds and are not unrolled.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from goprobe.backends.ebpf.ir_text import Function, Module
+from goprobe.backends.ebpf.llvm_target import CodegenError
+from goprobe.dwarf import expressions as E
+from goprobe.ir import access as A
+from goprobe.ir import events as EV
+from goprobe.ir import values as V
+from goprobe.ir.snapshot import VariableCapture
+
+# -- scratch layout (one area per CPU) ----------------------------------------------------------------------
+HALF = 1 << 15  # output positions stay below this; accesses are masked with HALF-1
+OUT_SIZE = 2 * HALF
+STAGE_SIZE = 1024  # one staging buffer per nesting level: a value read from the target in one go
+STAGE_LEVELS = 8
+STAGE_OFF = OUT_SIZE
+TMP_OFF = STAGE_OFF + STAGE_SIZE * STAGE_LEVELS  # 64 bytes for small reads
+HAND_OFF = TMP_OFF + 64  # 16 bytes: a value computed in the program (len, cap)
+SEEN_MAX = 32
+SEEN_OFF = HAND_OFF + 16  # SEEN_MAX addresses already followed in the current value, then their count
+SEEN_COUNT_OFF = SEEN_OFF + 8 * SEEN_MAX
+# The output position and a failure reason live in the scratch map, read with volatile loads: the verifier
+# then knows them only as bounded unknowns, so the paths through a value's branches converge and get pruned
+# (kept in registers they would be exact constants on every path, and the paths would multiply).
+POS_OFF = SEEN_COUNT_OFF + 8
+REASON_OFF = POS_OFF + 8
+SCRATCH_SIZE = REASON_OFF + 8 + 2 * STAGE_SIZE  # slack: masked lengths may exceed the last stage
+BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one value never writes 8 KiB at once
+MAX_STRING = 4096  # string payload bytes per value in the kernel
+MAX_STACK = 64  # frames walked for the stack and for caller frames
+MAX_NODES = 4000  # bound on the value-serialisation code of one program
+
+# -- event record -------------------------------------------------------------------------------------------
+HEADER_SIZE = 48  # u32 site, u32 flags, u64 goid, u64 pid_tgid, u64 ts_ns, u64 duration_ns, u32 n_stack, u32 0
+FLAG_DURATION = 1
+CAPTURE_VALUE, CAPTURE_UNAVAILABLE = 0, 1
+
+# counters: one array entry per site, these u64 fields
+COUNTERS = ("hits", "filtered", "delivered", "dropped_full", "dropped_max", "dropped_rate")
+COUNTER_SIZE = 8 * len(COUNTERS)
+COUNTER_VALUE_SIZE = COUNTER_SIZE + 16  # then the rate limit's window start and count
+# global array entry 0: u64 emitted (events admitted so far, for max_events)
+
+# pt_regs (x86_64) offsets by DWARF register number; 16 is the return address column (rip)
+PT_REGS = {0: 80, 1: 96, 2: 88, 3: 40, 4: 104, 5: 112, 6: 32, 7: 152, 8: 72, 9: 64, 10: 56, 11: 48, 12: 24,
+           13: 16, 14: 8, 15: 0, 16: 128}
+RSP, RBP, R14, RIP = 7, 6, 14, 16
+
+# value-stream constants (docs/value-stream.md)
+OK, UNREADABLE, BUDGET_STATUS = 0, 1, 2
+PTR_NIL, PTR_FOLLOWED, PTR_SEEN, PTR_DEPTH, PTR_OPAQUE = 0, 1, 2, 3, 4
+UNKNOWN_TYPE = 0xFFFFFFFF
+NO_PAYLOAD = 0xFFFFFFFF
+MAX_CHAIN = 64  # wait-queue walks in the kernel
+
+
+@attrs.frozen
+class MapFds:
+    """The maps a program refers to (created before code generation: their fds are constants in the code)."""
+
+    scratch: int
+    events: int
+    counters: int
+    globals: int
+    entries: int  # hash (goid, depth) → entry timestamp, for return durations
+
+
+@attrs.frozen
+class Limits:
+    string_bytes: int
+    collection_bytes: int
+    min_elements: int
+    map_entries: int
+    pointer_depth: int
+    max_events: int | None
+    rate_limit_per_s: int | None
+    stack: bool
+
+
+Slot = tuple[str, "int | None"]  # (label, type id) of one capture in a record, in record order
+
+
+@attrs.frozen
+class SiteLayout:
+    """What a site's records hold after the header and stack, in order."""
+
+    captures: tuple[Slot, ...]
+    returns: tuple[Slot, ...]
+
+
+@attrs.frozen
+class GeneratedEvents:
+    """LLVM IR text and what the loader and decoder need to know about it."""
+
+    ir: str
+    sections: tuple[tuple[str, str, int], ...]  # (section, function name, site index; -1: entry stamp)
+    reasons: tuple[str, ...]  # why a capture is unavailable, by code
+    sites: tuple[SiteLayout, ...]
+    callers: tuple[tuple[str, tuple[Slot, ...]], ...]  # per caller plan: function, its captures
+
+
+def generate(plan: EV.EventPlan, maps: MapFds, limits: Limits) -> GeneratedEvents:
+    """The BPF programs of *plan*, as one LLVM module."""
+    gen = _Generator(plan, maps, limits)
+    return gen.run()
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _Generator:
+    def __init__(self, plan: EV.EventPlan, maps: MapFds, limits: Limits) -> None:
+        self.plan = plan
+        self.maps = maps
+        self.limits = limits
+        self.table = plan.types
+        self.module = Module()
+        self.reasons: list[str] = []
+        self.sections: list[tuple[str, str, int]] = []
+        self.layouts: list[SiteLayout] = []
+        self._nodes = 0
+
+    def reason(self, text: str) -> int:
+        if text not in self.reasons:
+            self.reasons.append(text)
+        return self.reasons.index(text)
+
+    def run(self) -> GeneratedEvents:
+        for i, site in enumerate(self.plan.sites):
+            name = f"site{i}"
+            self.sections.append((f"uprobe/{name}", name, i))
+            _SiteProgram(self, i, site, name).emit()
+        if self.plan.kind == "return" and self.plan.entry_pcs:
+            self.sections.append(("uprobe/stamp", "stamp", -1))
+            _StampProgram(self, "stamp").emit()
+        callers = tuple((fp.function, tuple((label, next((c.type for c in cands if c.type is not None), None))
+                                            for label, cands in _group(fp.captures)))
+                        for fp in self.plan.callers)
+        return GeneratedEvents(self.module.text(), tuple(self.sections), tuple(self.reasons), tuple(self.layouts),
+                               callers)
+
+
+class _Program:
+    """Code shared by the programs: prologue, registers, output writes."""
+
+    def __init__(self, gen: _Generator, name: str) -> None:
+        self.gen = gen
+        self.fn: Function = gen.module.function(name, f"uprobe/{name}")
+
+    def reg(self, dwarf: int) -> str:
+        # Read from pt_regs at each use: keeping every register live across the program would spill them
+        # all to the 512-byte BPF stack.
+        return self.fn.load(self.fn.gep("%ctx", PT_REGS[dwarf]))
+
+    def lookup(self, map_fd: int, key: int | str, bits: int = 32) -> str:
+        f = self.fn
+        slot = f.alloca(f"i{bits}")
+        f.store(slot, key, bits)
+        m = f.map_ptr(map_fd)
+        return f.op(f"call ptr inttoptr (i64 1 to ptr)(ptr {m}, ptr {slot})")
+
+    def read_user(self, dst: str, size: int | str, addr: str) -> str:
+        """bpf_probe_read_user; returns an i1 that is true when the read failed."""
+        f = self.fn
+        r = f.helper("probe_read_user", f"ptr {dst}", f"i64 {size}", f"i64 {addr}")
+        return f.icmp("ne", r, 0)
+
+    def goid_and_stack_hi(self) -> tuple[str, str]:
+        f, gl = self.fn, self.gen.plan.goroutines
+        g = self.reg(R14)
+        tmp = f.gep(self.scratch, TMP_OFF)
+        bad = self.read_user(tmp, 8, f.add(g, gl.goid))
+        goid = f.select(bad, 0, f.load(tmp))
+        bad2 = self.read_user(tmp, 8, f.add(g, gl.stack_hi))
+        hi = f.select(bad2, 0, f.load(tmp))
+        return goid, hi
+
+    def counter(self, counters: str, name: str) -> None:
+        f = self.fn
+        p = f.gep(counters, 8 * COUNTERS.index(name))
+        f(f"atomicrmw add ptr {p}, i64 1 seq_cst")
+
+
+class _StampProgram(_Program):
+    """At the probed function's entry: remember when this goroutine, at this stack depth, entered it."""
+
+    def emit(self) -> None:
+        f, maps = self.fn, self.gen.maps
+        zero_key = f.helper("get_smp_processor_id")
+        scratch = self.lookup(maps.scratch, zero_key)
+        ok, out = f.label("ok"), f.label("out")
+        f.cbr(f.op(f"icmp eq ptr {scratch}, null"), out, ok)
+        f.block(ok)
+        self.scratch = scratch
+        goid, hi = self.goid_and_stack_hi()
+        key = f.alloca("[2 x i64]")
+        f.store(key, goid)
+        # At the entry (after the stack check) the CFA is RSP + 8: depth = stack.hi − CFA survives stack copies.
+        f.store(f.gep(key, 8), f.sub(hi, f.add(self.reg(RSP), 8)))
+        ts = f.alloca("i64")
+        f.store(ts, f.helper("ktime_get_ns"))
+        m = f.map_ptr(maps.entries)
+        f.op(f"call i64 inttoptr (i64 2 to ptr)(ptr {m}, ptr {key}, ptr {ts}, i64 0)")
+        f.br(out)
+        f.block(out)
+        f.ret()
+
+
+class _SiteProgram(_Program):
+    def __init__(self, gen: _Generator, index: int, site: EV.ProbeSite, name: str) -> None:
+        super().__init__(gen, name)
+        self.index = index
+        self.site = site
+        self.limits = gen.limits
+        self.table = gen.table
+
+    # -- the program ----------------------------------------------------------------------------------------
+    def emit(self) -> None:
+        f, maps, site = self.fn, self.gen.maps, self.site
+        cpu = f.helper("get_smp_processor_id")
+        scratch = self.lookup(maps.scratch, cpu)
+        counters = self.lookup(maps.counters, self.index)
+        glob = self.lookup(maps.globals, 0)
+        ok, out = f.label("ok"), f.label("out")
+        bad = f.op(f"or i1 {f.op(f'icmp eq ptr {scratch}, null')}, {f.op(f'icmp eq ptr {counters}, null')}")
+        bad = f.op(f"or i1 {bad}, {f.op(f'icmp eq ptr {glob}, null')}")
+        f.cbr(bad, out, ok)
+        f.block(ok)
+        self.scratch, self.counters = scratch, counters
+        self.posp = f.gep(scratch, POS_OFF)
+        self.reasonp = f.gep(scratch, REASON_OFF)
+        self.counter(counters, "hits")
+        self.cfa = f.add(self.reg(site.cfa[0]), site.cfa[1]) if site.cfa[0] in PT_REGS else None
+        self.types_base = self._types_base() if self._needs_types_base() else "0"
+
+        if site.condition is not None:
+            yes, no = f.label("cond_true"), f.label("cond_false")
+            self.condition(site.condition, yes, no)
+            f.block(no)
+            self.counter(counters, "filtered")
+            f.br(out)
+            f.block(yes)
+        if self.limits.max_events is not None:
+            old = f.op(f"atomicrmw add ptr {glob}, i64 1 seq_cst")
+            over, fine = f.label("over_max"), f.label("under_max")
+            f.cbr(f.icmp("uge", old, self.limits.max_events), over, fine)
+            f.block(over)
+            self.counter(counters, "dropped_max")
+            f.br(out)
+            f.block(fine)
+        now = f.helper("ktime_get_ns")
+        if self.limits.rate_limit_per_s is not None:
+            self.rate_limit(counters, now, out)
+
+        goid, hi = self.goid_and_stack_hi()
+        duration = "0"
+        flags = 0
+        if self.gen.plan.kind == "return" and self.gen.plan.entry_pcs:
+            duration = self.duration(goid, hi, now)
+            flags |= FLAG_DURATION
+        f.store(self.posp, HEADER_SIZE)
+        head = f.gep(scratch, 0)
+        f.store(head, self.index, 32)
+        f.store(f.gep(head, 4), flags, 32)
+        f.store(f.gep(head, 8), goid)
+        f.store(f.gep(head, 16), f.helper("get_current_pid_tgid"))
+        f.store(f.gep(head, 24), now)
+        f.store(f.gep(head, 32), duration)
+        f.store(f.gep(head, 40), 0)
+
+        callers = self.gen.plan.callers
+        if self.gen.plan.stack or callers:
+            found = self.walk_stack(callers)
+        here = self._per_label(site.captures)
+        for cap in here:
+            self.capture_here(cap)
+        for cap in site.returns:
+            self.capture_here(cap)
+        self.gen.layouts.append(SiteLayout(tuple((c.label, c.type) for c in here),
+                                           tuple((c.label, c.type) for c in site.returns)))
+        if callers:
+            self.callers(callers, found)
+
+        length = f.and_(f.barrier(f.load(self.posp, volatile=True)), HALF - 1)
+        m = f.map_ptr(maps.events)
+        r = f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", "i64 0")
+        full, sent = f.label("full"), f.label("sent")
+        f.cbr(f.icmp("ne", r, 0), full, sent)
+        f.block(full)
+        self.counter(counters, "dropped_full")
+        f.br(out)
+        f.block(sent)
+        self.counter(counters, "delivered")
+        f.br(out)
+        f.block(out)
+        f.ret()
+
+    def _per_label(self, captures) -> list[VariableCapture]:
+        """One capture per label: the candidate whose location covers the (constant) probe PC."""
+        out: dict[str, VariableCapture] = {}
+        for c in captures:
+            if c.label in out:
+                prev = out[c.label]
+                if _covers(prev, self.site.pc) or not _covers(c, self.site.pc):
+                    continue
+            out[c.label] = c
+        return list(out.values())
+
+    def _needs_types_base(self) -> bool:
+        return any(isinstance(e.shape, V.Interface) for e in self.table.entries) or any(
+            isinstance(s, A.TypeAssertStep) for c in self._all_captures() if c.path for s in c.path.steps)
+
+    def _all_captures(self):
+        yield from self.site.captures
+        yield from self.site.returns
+        for fp in self.gen.plan.callers:
+            yield from fp.captures
+
+    def _types_base(self) -> str:
+        f = self.fn
+        tmp = f.gep(self.scratch, TMP_OFF)
+        bad = self.read_user(tmp, 8, str(self.gen.plan.interfaces.types_field_addr))
+        return f.select(bad, 0, f.load(tmp))
+
+    def rate_limit(self, counters: str, now: str, out: str) -> None:
+        """At most rate_limit_per_s events per one-second window and site (window kept in the counters)."""
+        f = self.fn
+        # two extra u64 after the counters: window start, events in the window
+        win = f.gep(counters, COUNTER_SIZE)
+        cnt = f.gep(counters, COUNTER_SIZE + 8)
+        start = f.load(win)
+        new_win, same = f.label("new_window"), f.label("same_window")
+        f.cbr(f.icmp("uge", f.sub(now, start), 1_000_000_000), new_win, same)
+        f.block(new_win)
+        f.store(win, now)
+        f.store(cnt, 0)
+        f.br(same)
+        f.block(same)
+        n = f.op(f"atomicrmw add ptr {cnt}, i64 1 seq_cst")
+        over, fine = f.label("over_rate"), f.label("under_rate")
+        f.cbr(f.icmp("uge", n, self.limits.rate_limit_per_s), over, fine)
+        f.block(over)
+        self.counter(counters, "dropped_rate")
+        f.br(out)
+        f.block(fine)
+
+    def duration(self, goid: str, hi: str, now: str) -> str:
+        f, maps = self.fn, self.gen.maps
+        key = f.alloca("[2 x i64]")
+        f.store(key, goid)
+        cfa = self.cfa if self.cfa is not None else f.add(self.reg(RSP), 8)
+        f.store(f.gep(key, 8), f.sub(hi, cfa))
+        m = f.map_ptr(maps.entries)
+        p = f.op(f"call ptr inttoptr (i64 1 to ptr)(ptr {m}, ptr {key})")
+        res = f.alloca("i64")
+        f.store(res, 0)
+        have, done = f.label("have_entry"), f.label("no_entry")
+        f.cbr(f.op(f"icmp eq ptr {p}, null"), done, have)
+        f.block(have)
+        f.store(res, f.sub(now, f.load(p)))
+        f.helper("map_delete_elem", f"ptr {m}", f"ptr {key}")
+        f.br(done)
+        f.block(done)
+        return f.load(res)
+
+    # -- stack walk and caller frames -------------------------------------------------------------------------
+    def walk_stack(self, callers) -> list[tuple[str, str, str]]:
+        """Walk frame pointers: write the PCs (if asked) and note, for each caller plan, the first frame of
+        it (found flag, its return address, its CFA)."""
+        f, site = self.fn, self.site
+        found = []
+        for _ in callers:
+            flag, pcp, cfap = f.alloca("i64"), f.alloca("i64"), f.alloca("i64")
+            f.store(flag, 0)
+            f.store(pcp, 0)
+            f.store(cfap, 0)
+            found.append((flag, pcp, cfap))
+        nstack = f.alloca("i64")
+        f.store(nstack, 0)
+        if self.gen.plan.stack:
+            self.put64(self.reg(RIP))
+            f.store(nstack, 1)
+        tmp = f.gep(self.scratch, TMP_OFF)
+        # The first caller: where this frame returns to, and the caller's frame pointer.
+        if site.frame_pointer_saved:
+            bp = self.reg(RBP)
+            bad = self.read_user(tmp, 16, bp)
+            ret0 = f.select(bad, 0, f.load(f.gep(tmp, 8)))
+            bp0 = f.select(bad, 0, f.load(tmp))
+        else:
+            cfa = self.cfa if self.cfa is not None else f.add(self.reg(RSP), 8)
+            bad = self.read_user(tmp, 8, f.sub(cfa, 8))
+            ret0 = f.select(bad, 0, f.load(tmp))
+            bp0 = self.reg(RBP)
+        pre = f.current_label()
+        head, body, after = f.label("walk"), f.label("walk_body"), f.label("walk_done")
+        f.br(head)
+        f.block(head)
+        i, ret, bp = f.tmp(), f.tmp(), f.tmp()
+        f(f"{i} = phi i64 [0, %{pre}], [%NEXT_I_{head}, %LATCH_{head}]")
+        f(f"{ret} = phi i64 [{ret0}, %{pre}], [%NEXT_RET_{head}, %LATCH_{head}]")
+        f(f"{bp} = phi i64 [{bp0}, %{pre}], [%NEXT_BP_{head}, %LATCH_{head}]")
+        go = f.op(f"and i1 {f.icmp('ult', i, MAX_STACK)}, {f.icmp('ne', ret, 0)}")
+        f.cbr(go, body, after)
+        f.block(body)
+        if self.gen.plan.stack:
+            self.put64(ret)
+            f.store(nstack, f.add(f.load(nstack), 1))
+        for (flag, pcp, cfap), fp in zip(found, callers):
+            match = self.in_ranges(f.sub(ret, 1), fp.ranges)
+            first = f.op(f"and i1 {match}, {f.icmp('eq', f.load(flag), 0)}")
+            yes, no = f.label("caller_found"), f.label("caller_next")
+            f.cbr(first, yes, no)
+            f.block(yes)
+            f.store(flag, 1)
+            f.store(pcp, ret)
+            f.store(cfap, f.add(bp, 16))
+            f.br(no)
+            f.block(no)
+        bad = f.op(f"or i1 {f.icmp('eq', bp, 0)}, {self.read_user(tmp, 16, bp)}")
+        next_ret = f.select(bad, 0, f.load(f.gep(tmp, 8)))
+        next_bp = f.select(bad, 0, f.load(tmp))
+        next_i = f.add(i, 1)
+        latch = f.current_label()
+        f.loop_back(head)
+        f.replace(f"%NEXT_I_{head}", next_i)
+        f.replace(f"%NEXT_RET_{head}", next_ret)
+        f.replace(f"%NEXT_BP_{head}", next_bp)
+        f.replace(f"%LATCH_{head}", f"%{latch}")
+        f.block(after)
+        f.store(f.gep(self.scratch, 40), f.load(nstack), 32)
+        return found
+
+    def in_ranges(self, pc: str, ranges) -> str:
+        f = self.fn
+        acc = "false"
+        for lo, hi in ranges:
+            c = f.op(f"and i1 {f.icmp('uge', pc, lo)}, {f.icmp('ult', pc, hi)}")
+            acc = f.op(f"or i1 {acc}, {c}")
+        return acc
+
+    def callers(self, callers, found) -> None:
+        """Per caller plan: u8 found; if found: u64 return address, then its captures."""
+        f = self.fn
+        for (flag, pcp, cfap), fp in zip(found, callers):
+            yes, no, done = f.label("caller"), f.label("no_caller"), f.label("caller_done")
+            f.cbr(f.icmp("ne", f.load(flag), 0), yes, no)
+            f.block(no)
+            self.put8(0)
+            f.br(done)
+            f.block(yes)
+            self.put8(1)
+            pc = f.load(pcp)
+            self.put64(pc)
+            cfa = f.load(cfap)
+            for label, cands in _group(fp.captures):
+                self.capture_in_caller(label, cands, f.sub(pc, 1), cfa)
+            f.br(done)
+            f.block(done)
+
+    # -- captures ---------------------------------------------------------------------------------------------
+    def capture_here(self, cap: VariableCapture) -> None:
+        """A capture in the probed frame, whose PC (and so its location) is a constant."""
+        self._capture(cap, lambda fail: self.root_here(cap, fail))
+
+    def capture_in_caller(self, label: str, cands: list[VariableCapture], pc: str, cfa: str) -> None:
+        f = self.fn
+        if all(c.type is None for c in cands):
+            self.put8(CAPTURE_UNAVAILABLE)
+            self.put8(self.gen.reason(cands[0].missing or "not capturable"))
+            return
+        cands = [c for c in cands if c.type is not None]
+        types = {(c.type, c.path) for c in cands}
+        if len(types) > 1:  # shadowed names of different types: take the first (rare)
+            cands = cands[:1]
+        cap = cands[0]
+        self._capture(cap, lambda fail: self.root_in_caller(cands, pc, cfa, fail))
+
+    def _capture(self, cap: VariableCapture, root) -> None:
+        """u8 0, u32 length, the value; or u8 1, u8 reason code."""
+        f = self.fn
+        start = f.load(self.posp, volatile=True)
+        fail, done = f.label("cap_fail"), f.label("cap_done")
+        if cap.type is None:
+            self.put8(CAPTURE_UNAVAILABLE)
+            self.put8(self.gen.reason(cap.missing or "not capturable"))
+            return
+        try:
+            state = root(fail)
+            if cap.path is not None and cap.path.steps:
+                state = self.path(cap.path, state, fail)
+        except _Unsupported as exc:
+            f.store(self.reasonp, self.gen.reason(str(exc)))
+            f.br(fail)
+            state = None
+        if state is not None:
+            self.put8(CAPTURE_VALUE)
+            len_at = f.load(self.posp, volatile=True)
+            self.put32(0)
+            f.store(f.gep(self.scratch, SEEN_COUNT_OFF), 0)
+            kind, where = state
+            if kind == "local":
+                self.ser_local(cap.type, where, 1, 0)
+            else:
+                self.value_at(cap.type, where, 1, 0)
+            end = f.load(self.posp, volatile=True)
+            at = f.and_(f.barrier(len_at), HALF - 1)
+            f.store(f.gep(self.scratch, at), f.sub(end, f.add(len_at, 4)), 32)
+            f.br(done)
+        f.block(fail)
+        f.store(self.posp, start)
+        self.put8(CAPTURE_UNAVAILABLE)
+        self.put8(f.load(self.reasonp, volatile=True))
+        f.br(done)
+        f.block(done)
+
+    def fail(self, fail: str, why: str) -> None:
+        f = self.fn
+        f.store(self.reasonp, self.gen.reason(why))
+        f.br(fail)
+
+    def root_here(self, cap: VariableCapture, fail: str):
+        f = self.fn
+        if cap.path is not None and cap.path.root == "":
+            return ("user", str(cap.path.global_address))
+        loc = next((r.location for r in cap.locations if r.low <= self.site.pc < r.high), None)
+        if loc is None:
+            self.fail(fail, "not available at this PC (optimised away or out of scope)")
+            f.block(f.label("dead"))
+            raise _Unsupported("not available at this PC (optimised away or out of scope)")
+        size = 8 if cap.escaped else self.table[cap.root_type if cap.root_type is not None else cap.type].size
+        state = self.location(loc, size, fail)
+        if cap.escaped:
+            state = ("user", self.load_word(state, 0, 8, fail))
+        return state
+
+    def location(self, loc: E.Location, size: int, fail: str):
+        f = self.fn
+        if len(loc) == 1 and loc[0].kind in (E.CFA_MEMORY, E.ADDRESS_MEMORY, E.REGISTER_MEMORY) and (
+                loc[0].size is None or loc[0].size >= size):
+            return ("user", self.piece_address(loc[0], fail))
+        root = f.gep(self.scratch, STAGE_OFF)  # stage 0 holds roots assembled from pieces
+        off = 0
+        for p in loc:
+            n = p.size if p.size is not None else size
+            if off + n > STAGE_SIZE:
+                raise _Unsupported("value too large for the eBPF backend's staging buffer")
+            dst = f.gep(root, off)
+            if p.kind == E.UNAVAILABLE:
+                raise _Unsupported("optimised away at this PC")
+            if p.kind == E.IMPLICIT:
+                data = p.value[:n].ljust(n, b"\0")
+                for k in range(n):
+                    f.store(f.gep(dst, k), data[k], 8)
+            elif p.kind == E.REGISTER:
+                if p.reg not in PT_REGS:
+                    raise _Unsupported("held in a floating-point register, which eBPF cannot read")
+                v = self.reg(p.reg)
+                if n not in (1, 2, 4, 8):
+                    raise _Unsupported(f"a {n}-byte register piece")
+                f.store(dst, v, 8 * n)
+            else:
+                addr = self.piece_address(p, fail)
+                bad = self.read_user(dst, n, addr)
+                ok = f.label("piece_ok")
+                f.store(self.reasonp, self.gen.reason("memory is not readable"))
+                f.cbr(bad, fail, ok)
+                f.block(ok)
+            off += n
+        return ("local", root)
+
+    def piece_address(self, p: E.Piece, fail: str) -> str:
+        f = self.fn
+        if p.kind == E.CFA_MEMORY:
+            if self.cfa is None:
+                raise _Unsupported("frame address unknown")
+            addr = f.add(self.cfa, p.offset)
+        elif p.kind == E.ADDRESS_MEMORY:
+            addr = str(p.offset)
+        elif p.reg in PT_REGS:
+            addr = f.add(self.reg(p.reg), p.offset)
+        else:
+            raise _Unsupported("address held in a register eBPF cannot read")
+        if p.indirect:
+            ptr = self.load_word(("user", addr), 0, 8, fail)
+            addr = f.add(ptr, p.post_offset)
+        return addr
+
+    def root_in_caller(self, cands: list[VariableCapture], pc: str, cfa: str, fail: str):
+        """Caller frames: only whole values in the frame's memory (CFA-relative) are readable."""
+        f = self.fn
+        addrp = f.alloca("i64")
+        found = f.label("root_found")
+        cap0 = cands[0]
+        if cap0.path is not None and cap0.path.root == "":
+            return ("user", str(cap0.path.global_address))
+        size = 8 if cap0.escaped else self.table[cap0.root_type if cap0.root_type is not None else cap0.type].size
+        for c in cands:
+            for r in c.locations:
+                hit, nxt = f.label("range"), f.label("range_next")
+                inside = f.op(f"and i1 {f.icmp('uge', pc, r.low)}, {f.icmp('ult', pc, r.high)}")
+                f.cbr(inside, hit, nxt)
+                f.block(hit)
+                loc = r.location
+                if len(loc) == 1 and loc[0].kind == E.CFA_MEMORY and not loc[0].indirect and (
+                        loc[0].size is None or loc[0].size >= size):
+                    f.store(addrp, f.add(cfa, loc[0].offset))
+                    f.br(found)
+                elif any(p.kind == E.REGISTER for p in loc):
+                    self.fail(fail, "held in a register, which Go does not preserve across calls")
+                elif all(p.kind == E.UNAVAILABLE for p in loc):
+                    self.fail(fail, "optimised away at this PC")
+                else:
+                    self.fail(fail, "split across places; the eBPF backend reads whole stack slots in callers")
+                f.block(nxt)
+        self.fail(fail, "not available at this PC (optimised away or out of scope)")
+        f.block(found)
+        addr = f.load(addrp)
+        if cap0.escaped:
+            return ("user", self.load_word(("user", addr), 0, 8, fail))
+        return ("user", addr)
+
+    # -- access paths -----------------------------------------------------------------------------------------
+    def load_word(self, state, offset: int, size: int, fail: str) -> str:
+        """An unsigned integer of *size* bytes at *offset* of the place; unreadable → fail."""
+        f = self.fn
+        kind, where = state
+        bits = size * 8
+        if kind == "local":
+            return f.load(f.gep(where, offset), bits)
+        tmp = f.gep(self.scratch, TMP_OFF)
+        bad = self.read_user(tmp, size, f.add(where, offset))
+        ok = f.label("read_ok")
+        f.store(self.reasonp, self.gen.reason("memory is not readable"))
+        f.cbr(bad, fail, ok)
+        f.block(ok)
+        return f.load(tmp, bits)
+
+    def path(self, path: A.AccessPath, state, fail: str):
+        f = self.fn
+        for step in path.steps:
+            kind, where = state
+            if isinstance(step, A.FieldStep):
+                state = (kind, f.gep(where, step.offset) if kind == "local" else f.add(where, step.offset))
+            elif isinstance(step, A.DerefStep):
+                ptr = self.load_word(state, 0, 8, fail)
+                ok = f.label("deref_ok")
+                f.store(self.reasonp, self.gen.reason("nil pointer dereference"))
+                f.cbr(f.icmp("eq", ptr, 0), fail, ok)
+                f.block(ok)
+                state = ("user", ptr)
+            elif isinstance(step, A.IndexStep):
+                if step.container == "array":
+                    off = step.index * step.elem_size
+                    state = (kind, f.gep(where, off) if kind == "local" else f.add(where, off))
+                    continue
+                ptr = self.load_word(state, 0, 8, fail)
+                length = self.load_word(state, 8, 8, fail)
+                ok = f.label("index_ok")
+                f.store(self.reasonp, self.gen.reason(f"index {step.index} out of range"))
+                f.cbr(f.icmp("ule", length, step.index), fail, ok)
+                f.block(ok)
+                state = ("user", f.add(ptr, step.index * step.elem_size))
+            elif isinstance(step, (A.LenStep, A.CapStep)):
+                value = self.length(state, step, fail)
+                hand = f.gep(self.scratch, HAND_OFF)
+                f.store(hand, value)
+                state = ("local", hand)
+            elif isinstance(step, A.TypeAssertStep):
+                state = self.type_assert(state, step, path, fail)
+            else:
+                raise _Unsupported("map lookups (m[key]) are not supported by the eBPF backend yet")
+        return state
+
+    def length(self, state, step, fail: str) -> str:
+        f = self.fn
+        if step.container == "array":
+            return str(step.static)
+        if step.container in ("slice", "string"):
+            return self.load_word(state, 16 if isinstance(step, A.CapStep) and step.container == "slice" else 8,
+                                  8, fail)
+        # maps and channels: a pointer to a header; nil has length 0
+        hdr = self.load_word(state, 0, 8, fail)
+        res = f.alloca("i64")
+        f.store(res, 0)
+        some, done = f.label("hdr"), f.label("hdr_done")
+        f.cbr(f.icmp("eq", hdr, 0), done, some)
+        f.block(some)
+        f.store(res, self.load_word(("user", hdr), step.field_offset, 8, fail))
+        f.br(done)
+        f.block(done)
+        return f.load(res)
+
+    def type_assert(self, state, step: A.TypeAssertStep, path: A.AccessPath, fail: str):
+        f = self.fn
+        word0 = self.load_word(state, 0, 8, fail)
+        data = self.load_word(state, 8, 8, fail)
+        typ = word0
+        if not step.empty:
+            nz = f.label("itab")
+            f.store(self.reasonp, self.gen.reason("nil interface"))
+            f.cbr(f.icmp("eq", word0, 0), fail, nz)
+            f.block(nz)
+            typ = self.load_word(("user", word0), self.gen.plan.interfaces.itab_type_off, 8, fail)
+        ok = f.label("assert_ok")
+        f.store(self.reasonp, self.gen.reason("the dynamic type is not the asserted type"))
+        f.cbr(f.icmp("ne", f.sub(typ, self.types_base), step.runtime_type), fail, ok)
+        f.block(ok)
+        result = self.table[path.type]
+        if result.direct_iface:
+            hand = f.gep(self.scratch, HAND_OFF)
+            f.store(hand, data)
+            f.store(f.gep(hand, 8), 0)
+            return ("local", hand)
+        return ("user", data)
+
+    # -- conditions -------------------------------------------------------------------------------------------
+    def condition(self, c, yes: str, no: str) -> None:
+        f = self.fn
+        if isinstance(c, EV.Logic):
+            mid = f.label("cond_mid")
+            if c.op == "&&":
+                self.condition(c.left, mid, no)
+            else:
+                self.condition(c.left, yes, mid)
+            f.block(mid)
+            self.condition(c.right, yes, no)
+        elif isinstance(c, EV.Not):
+            self.condition(c.operand, no, yes)
+        elif isinstance(c, EV.Operand):
+            v = self.operand(c, no)
+            f.cbr(f.icmp("ne", v, 0), yes, no)
+        else:
+            self.compare(c, yes, no)
+
+    def operand(self, o: EV.Operand, fail: str) -> str:
+        """An operand's value as i64 (sign- or zero-extended); failures make the condition false."""
+        f = self.fn
+        if o.kind == "float":
+            raise CodegenError("conditions on floating-point values are not supported by the eBPF backend")
+        try:
+            state = self.root_here(o.capture, fail)
+            if o.capture.path is not None and o.capture.path.steps:
+                state = self.path(o.capture.path, state, fail)
+        except _Unsupported as exc:
+            raise CodegenError(f"condition operand {o.capture.label!r}: {exc}") from None
+        raw = self.load_word(state, 0, o.size, fail) if o.size in (1, 2, 4, 8) else None
+        if raw is None:
+            raise CodegenError(f"condition operand {o.capture.label!r} of size {o.size} is not comparable")
+        if o.kind == "int" and o.size < 8:
+            bits = o.size * 8
+            raw = f.op(f"sext i{bits} {f.op(f'trunc i64 {raw} to i{bits}')} to i64")
+        return raw
+
+    def compare(self, c: EV.Compare, yes: str, no: str) -> None:
+        f = self.fn
+        sides = (c.left, c.right)
+        if any(isinstance(s, EV.Operand) and s.kind == "string" for s in sides):
+            self.compare_string(c, yes, no)
+            return
+        vals, signed = [], False
+        for s in sides:
+            if isinstance(s, EV.Literal):
+                v = s.value
+                vals.append(str(int(v) if v is not None else 0))
+            else:
+                vals.append(self.operand(s, no))
+                signed = signed or s.kind == "int"
+        pred = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}[c.op]
+        if pred not in ("eq", "ne"):
+            pred = ("s" if signed else "u") + pred
+        f.cbr(f.icmp(pred, vals[0], vals[1]), yes, no)
+
+    def compare_string(self, c: EV.Compare, yes: str, no: str) -> None:
+        f = self.fn
+        if c.op not in ("==", "!="):
+            raise CodegenError("the eBPF backend compares strings with == and != only")
+        lit = next((s for s in (c.left, c.right) if isinstance(s, EV.Literal)), None)
+        op = next(s for s in (c.left, c.right) if isinstance(s, EV.Operand))
+        if lit is None:
+            raise CodegenError("the eBPF backend compares a string with a literal only")
+        text = lit.value if isinstance(lit.value, bytes) else str(lit.value).encode()
+        if len(text) > 56:
+            raise CodegenError("string literals in eBPF conditions are limited to 56 bytes")
+        equal, differ = (yes, no) if c.op == "==" else (no, yes)
+        try:
+            state = self.root_here(op.capture, no)
+            if op.capture.path is not None and op.capture.path.steps:
+                state = self.path(op.capture.path, state, no)
+        except _Unsupported as exc:
+            raise CodegenError(f"condition operand {op.capture.label!r}: {exc}") from None
+        ptr = self.load_word(state, 0, 8, no)
+        length = self.load_word(state, 8, 8, no)
+        same_len = f.label("same_len")
+        f.cbr(f.icmp("eq", length, len(text)), same_len, differ)
+        f.block(same_len)
+        if not text:
+            f.br(equal)
+            return
+        tmp = f.gep(self.scratch, TMP_OFF)
+        bad = self.read_user(tmp, len(text), ptr)
+        ok = f.label("str_read")
+        f.cbr(bad, no, ok)
+        f.block(ok)
+        acc = "true"
+        for k in range(len(text)):
+            acc = f.op(f"and i1 {acc}, {f.icmp('eq', f.load(f.gep(tmp, k), 8), text[k])}")
+        f.cbr(acc, equal, differ)
+
+    # -- output -----------------------------------------------------------------------------------------------
+    def out_ptr(self) -> tuple[str, str]:
+        f = self.fn
+        pos = f.load(self.posp, volatile=True)
+        return f.gep(self.scratch, f.and_(f.barrier(pos), HALF - 1)), pos
+
+    def put(self, *fields: tuple[int, str | int]) -> None:
+        """Write fields of (bits, value) at the current position and advance."""
+        f = self.fn
+        p, pos = self.out_ptr()
+        off = 0
+        for bits, value in fields:
+            f.store(f.gep(p, off) if off else p, value, bits)
+            off += bits // 8
+        f.store(self.posp, f.add(pos, off))
+
+    def put8(self, v: str | int) -> None:
+        self.put((8, v))
+
+    def put32(self, v: str | int) -> None:
+        self.put((32, v))
+
+    def put64(self, v: str | int) -> None:
+        self.put((64, v))
+
+    # -- values -----------------------------------------------------------------------------------------------
+    def _node(self) -> None:
+        self.gen._nodes += 1
+        if self.gen._nodes > MAX_NODES:
+            raise CodegenError("the captured values need too much eBPF code; capture fewer or smaller values "
+                               "(e.g. a field instead of a whole struct), or lower pointer_depth")
+
+    def value_at(self, tid: int, addr: str, level: int, depth: int) -> None:
+        """A value in the target's memory: read it whole into the level's staging buffer, then write it."""
+        f = self.fn
+        self._node()
+        entry = self.table[tid]
+        size = entry.size
+        if size == 0:
+            self.ser_local(tid, f.gep(self.scratch, STAGE_OFF), level, depth)
+            return
+        if size <= STAGE_SIZE and level < STAGE_LEVELS:
+            stage = f.gep(self.scratch, STAGE_OFF + level * STAGE_SIZE)
+            bad = self.read_user(stage, size, addr)
+            no, yes, done = f.label("unreadable"), f.label("readable"), f.label("value_done")
+            f.cbr(bad, no, yes)
+            f.block(no)
+            self.put((8, UNREADABLE), (64, addr))
+            f.br(done)
+            f.block(yes)
+            self.ser_local(tid, stage, level + 1, depth)
+            f.br(done)
+            f.block(done)
+            return
+        shape = entry.shape
+        # Too large to stage: walk it part by part from the target's memory.
+        if isinstance(shape, V.Struct):
+            self.put8(OK)
+            for fl in shape.fields:
+                self.value_at(fl.type, f.add(addr, fl.offset), level, depth)
+        elif isinstance(shape, V.Array):
+            n = self._count(shape.length, shape.elem_size)
+            self.put((8, OK), (32, n))
+            self.loop(n, lambda i: self.value_at(shape.elem, f.add(addr, f.mul(i, shape.elem_size)), level, depth))
+        else:  # nested deeper than the staging buffers: cut here rather than guess
+            self.put8(BUDGET_STATUS)
+
+    def _count(self, length: int, elem_size: int) -> int:
+        lim = self.limits
+        by_bytes = lim.collection_bytes // elem_size if elem_size else length
+        return max(0, min(length, max(lim.min_elements, by_bytes)))
+
+    def loop(self, bound: int | str, body, max_bound: int | None = None) -> None:
+        """for i in range(bound): body(i) — *bound* a constant, or a value at most *max_bound*."""
+        f = self.fn
+        if isinstance(bound, int):
+            if bound == 0:
+                return
+            max_bound = bound
+        pre = f.current_label()
+        head, inner, after = f.label("loop"), f.label("loop_body"), f.label("loop_done")
+        f.br(head)
+        f.block(head)
+        i = f.tmp()
+        f(f"{i} = phi i64 [0, %{pre}], [%NEXT_{head}, %LATCH_{head}]")
+        f.cbr(f.op(f"and i1 {f.icmp('ult', i, bound)}, {f.icmp('ult', i, max_bound)}"), inner, after)
+        f.block(inner)
+        body(i)
+        nxt = f.add(i, 1)
+        latch = f.current_label()
+        f.loop_back(head)
+        f.replace(f"%NEXT_{head}", nxt)
+        f.replace(f"%LATCH_{head}", f"%{latch}")
+        f.block(after)
+
+    def ser_local(self, tid: int, p: str, level: int, depth: int) -> None:
+        """A value whose bytes are in the scratch area at *p*."""
+        f = self.fn
+        self._node()
+        entry = self.table[tid]
+        shape = entry.shape
+        over, fine, done = f.label("budget"), f.label("in_budget"), f.label("ser_done")
+        f.cbr(f.icmp("uge", f.load(self.posp, volatile=True), BUDGET), over, fine)
+        f.block(over)
+        self.put8(BUDGET_STATUS)
+        f.br(done)
+        f.block(fine)
+        if isinstance(shape, V.Scalar):
+            self.put8(OK)
+            self.copy_local(p, shape.size)
+        elif isinstance(shape, V.String):
+            self.string(p)
+        elif isinstance(shape, V.Struct):
+            self.put8(OK)
+            for fl in shape.fields:
+                self.ser_local(fl.type, f.gep(p, fl.offset), level, depth)
+        elif isinstance(shape, V.Array):
+            n = self._count(shape.length, shape.elem_size)
+            self.put((8, OK), (32, n))
+            self.loop(n, lambda i: self.ser_local(shape.elem, f.gep(p, f.mul(i, shape.elem_size)), level, depth))
+        elif isinstance(shape, V.Slice):
+            self.slice(shape, p, level, depth)
+        elif isinstance(shape, V.Pointer):
+            self.pointer(shape, f.load(p), level, depth)
+        elif isinstance(shape, V.Interface):
+            self.interface(shape, p, level, depth)
+        elif isinstance(shape, (V.SwissMap, V.ClassicMap)):
+            self.map_value(shape, f.load(p), level)
+        elif isinstance(shape, V.Chan):
+            self.chan(shape, f.load(p), level, depth)
+        elif isinstance(shape, V.Func):
+            self.func(f.load(p), level, depth)
+        elif isinstance(shape, V.TypeParam):
+            # The dictionary is not read in the kernel: the value is written in its shape's layout.
+            self.put((8, OK), (32, UNKNOWN_TYPE))
+            self.ser_local(shape.shape, p, level, depth)
+        else:  # Opaque
+            self.put((8, OK), (32, shape.size))
+            self.copy_local(p, shape.size)
+        f.br(done)
+        f.block(done)
+
+    def copy_local(self, src: str, size: int) -> None:
+        f = self.fn
+        dst, pos = self.out_ptr()
+        k = 0
+        while k < size:
+            n = 8 if size - k >= 8 else 4 if size - k >= 4 else 2 if size - k >= 2 else 1
+            f.store(f.gep(dst, k), f.load(f.gep(src, k), 8 * n), 8 * n)
+            k += n
+        f.store(self.posp, f.add(pos, size))
+
+    def string(self, p: str) -> None:
+        f = self.fn
+        ptr, length = f.load(p), f.load(f.gep(p, 8))
+        self.put((8, OK), (64, ptr), (64, length))
+        limit = min(self.limits.string_bytes, MAX_STRING)
+        sane = f.icmp("ult", length, 1 << 40)
+        n = f.select(sane, length, 0)
+        n = f.barrier(f.select(f.icmp("ugt", n, limit), limit, n))
+        n = f.and_(n, 8191)
+        dst, pos = self.out_ptr()
+        empty, some, done = f.label("str_empty"), f.label("str_some"), f.label("str_done")
+        f.cbr(f.icmp("eq", n, 0), empty, some)
+        f.block(empty)
+        self.put32(0)
+        f.br(done)
+        f.block(some)
+        bad = self.read_user(f.gep(dst, 4), n, ptr)
+        no, yes = f.label("str_unreadable"), f.label("str_read")
+        f.cbr(bad, no, yes)
+        f.block(no)
+        self.put32(NO_PAYLOAD)
+        f.br(done)
+        f.block(yes)
+        f.store(dst, n, 32)
+        f.store(self.posp, f.add(pos, f.add(n, 4)))
+        f.br(done)
+        f.block(done)
+
+    def slice(self, shape: V.Slice, p: str, level: int, depth: int) -> None:
+        f = self.fn
+        ptr, length, cap = f.load(p), f.load(f.gep(p, 8)), f.load(f.gep(p, 16))
+        self.put((8, OK), (64, ptr), (64, length), (64, cap))
+        size = shape.elem_size
+        c = self._count(1 << 40, size) if size else self.limits.min_elements
+        sane = f.icmp("ult", length, 1 << 40)
+        n = f.select(sane, length, 0)
+        n = f.barrier(f.select(f.icmp("ugt", n, c), c, n))
+        if size and c * size <= STAGE_SIZE and level < STAGE_LEVELS:
+            # One read for the captured elements, as the interpreter does.
+            stage = f.gep(self.scratch, STAGE_OFF + level * STAGE_SIZE)
+            nbytes = f.and_(f.barrier(f.mul(n, size)), _mask_for(c * size))
+            bad = self.read_user(stage, nbytes, ptr)
+            bad = f.op(f"and i1 {bad}, {f.icmp('ne', n, 0)}")
+            no, yes, done = f.label("elems_unreadable"), f.label("elems"), f.label("elems_done")
+            f.cbr(bad, no, yes)
+            f.block(no)
+            self.put32(NO_PAYLOAD)
+            f.br(done)
+            f.block(yes)
+            self.put32(n)
+            self.loop(n, lambda i: self.ser_local(shape.elem, f.gep(stage, f.mul(i, size)), level + 1, depth), c)
+            f.br(done)
+            f.block(done)
+        else:
+            self.put32(n)
+            self.loop(n, lambda i: self.value_at(shape.elem, f.add(ptr, f.mul(i, size)), level, depth), c)
+
+    def pointer(self, shape: V.Pointer, addr: str, level: int, depth: int) -> None:
+        f = self.fn
+        self.put((8, OK), (64, addr))
+        done = f.label("ptr_done")
+        nil, nonnil = f.label("ptr_nil"), f.label("ptr_some")
+        f.cbr(f.icmp("eq", addr, 0), nil, nonnil)
+        f.block(nil)
+        self.put8(PTR_NIL)
+        f.br(done)
+        f.block(nonnil)
+        if shape.elem is None:
+            self.put8(PTR_OPAQUE)
+            f.br(done)
+            f.block(done)
+            return
+        seen, fresh = f.label("ptr_seen"), f.label("ptr_fresh")
+        f.cbr(self.seen(addr), seen, fresh)
+        f.block(seen)
+        self.put8(PTR_SEEN)
+        f.br(done)
+        f.block(fresh)
+        if depth >= self.limits.pointer_depth or self.gen._nodes > MAX_NODES // 2:
+            self.put8(PTR_DEPTH)
+        else:
+            self.remember(addr)
+            self.put8(PTR_FOLLOWED)
+            self.value_at(shape.elem, addr, level, depth + 1)
+        f.br(done)
+        f.block(done)
+
+    def seen(self, addr: str) -> str:
+        """Whether *addr* was followed before in this value (the first SEEN_MAX addresses are remembered)."""
+        f = self.fn
+        count = f.load(f.gep(self.scratch, SEEN_COUNT_OFF))
+        hit = f.alloca("i64")
+        f.store(hit, 0)
+        base = f.gep(self.scratch, SEEN_OFF)
+
+        def body(i: str) -> None:
+            eq = f.icmp("eq", f.load(f.gep(base, f.mul(i, 8))), addr)
+            f.store(hit, f.op(f"or i64 {f.load(hit)}, {f.op(f'zext i1 {eq} to i64')}"))
+
+        self.loop(count, body, SEEN_MAX)
+        return f.icmp("ne", f.load(hit), 0)
+
+    def remember(self, addr: str) -> None:
+        f = self.fn
+        cp = f.gep(self.scratch, SEEN_COUNT_OFF)
+        count = f.load(cp)
+        room, full = f.label("seen_room"), f.label("seen_full")
+        f.cbr(f.icmp("ult", count, SEEN_MAX), room, full)
+        f.block(room)
+        idx = f.and_(f.barrier(count), SEEN_MAX - 1)
+        f.store(f.gep(f.gep(self.scratch, SEEN_OFF), f.mul(idx, 8)), addr)
+        f.store(cp, f.add(count, 1))
+        f.br(full)
+        f.block(full)
+
+    def interface(self, shape: V.Interface, p: str, level: int, depth: int) -> None:
+        f = self.fn
+        word0, word1 = f.load(p), f.load(f.gep(p, 8))
+        typ = word0
+        if not shape.empty:
+            tmp = f.gep(self.scratch, TMP_OFF)
+            res = f.alloca("i64")
+            f.store(res, 0)
+            some, done = f.label("itab"), f.label("itab_done")
+            f.cbr(f.icmp("eq", word0, 0), done, some)
+            f.block(some)
+            bad = self.read_user(tmp, 8, f.add(word0, self.gen.plan.interfaces.itab_type_off))
+            f.store(res, f.select(bad, 0, f.load(tmp)))
+            f.br(done)
+            f.block(done)
+            typ = f.load(res)
+        self.put((8, OK), (64, typ), (64, word1))
+        done = f.label("iface_done")
+        nil, nonnil = f.label("iface_nil"), f.label("iface_some")
+        f.cbr(f.icmp("eq", typ, 0), nil, nonnil)
+        f.block(nil)
+        self.put((32, UNKNOWN_TYPE), (8, 0))
+        f.br(done)
+        f.block(nonnil)
+        rt = f.sub(typ, self.types_base)
+        for off, tid in self._candidates(depth):
+            hit, nxt = f.label("dyn"), f.label("dyn_next")
+            f.cbr(f.icmp("eq", rt, off), hit, nxt)
+            f.block(hit)
+            self.put32(tid)
+            if self.table[tid].direct_iface:
+                stage = f.gep(self.scratch, STAGE_OFF + min(level, STAGE_LEVELS - 1) * STAGE_SIZE)
+                f.store(stage, word1)
+                for k in range(8, self.table[tid].size, 8):
+                    f.store(f.gep(stage, k), 0)
+                self.ser_local(tid, stage, level + 1, depth)
+            else:
+                self.value_at(tid, word1, level, depth)
+            f.br(done)
+            f.block(nxt)
+        # Not among the types the program knows: the decoder names it from the runtime type's address.
+        self.put((32, UNKNOWN_TYPE), (8, 0))
+        f.br(done)
+        f.block(done)
+
+    def _candidates(self, depth: int) -> list[tuple[int, int]]:
+        """Dynamic types an interface is decoded as in the kernel: the table's runtime-typed entries whose
+        serialising code is small (scalars, strings, flat structs and pointers to them)."""
+        out = []
+        for rt, tid in sorted(self.table.by_runtime_type.items(), key=lambda x: x[1]):
+            if _simple(self.table, tid, 2):
+                out.append((rt, tid))
+        return out[:24] if depth < self.limits.pointer_depth else []
+
+    def map_value(self, shape, m: str, level: int) -> None:
+        """Maps in the kernel: the header's address and the count; entries are not walked (marked cut)."""
+        f = self.fn
+        self.put((8, OK), (64, m))
+        done = f.label("map_done")
+        some = f.label("map_some")
+        f.cbr(f.icmp("eq", m, 0), done, some)
+        f.block(some)
+        off = shape.used_off if isinstance(shape, V.SwissMap) else shape.count_off
+        tmp = f.gep(self.scratch, TMP_OFF)
+        bad = self.read_user(tmp, 8, f.add(m, off))
+        no, yes = f.label("map_bad"), f.label("map_ok")
+        f.cbr(bad, no, yes)
+        f.block(no)
+        self.put8(1)
+        f.br(done)
+        f.block(yes)
+        count = f.load(tmp)
+        if isinstance(shape, V.ClassicMap):
+            count = f.select(f.icmp("slt", count, 0), 0, count)
+        self.put((8, 0), (64, count), (32, 0))
+        f.br(done)
+        f.block(done)
+
+    def chan(self, shape: V.Chan, h: str, level: int, depth: int) -> None:
+        f = self.fn
+        self.put((8, OK), (64, h))
+        done, some = f.label("chan_done"), f.label("chan_some")
+        f.cbr(f.icmp("eq", h, 0), done, some)
+        f.block(some)
+        size = max(shape.sendq_first_off, shape.recvq_first_off, shape.closed_off) + 8
+        lvl = min(level, STAGE_LEVELS - 1)
+        stage = f.gep(self.scratch, STAGE_OFF + lvl * STAGE_SIZE)
+        bad = self.read_user(stage, size, h)
+        no, yes = f.label("chan_bad"), f.label("chan_ok")
+        f.cbr(bad, no, yes)
+        f.block(no)
+        self.put8(1)
+        f.br(done)
+        f.block(yes)
+        qcount, cap = f.load(f.gep(stage, shape.qcount_off)), f.load(f.gep(stage, shape.dataqsiz_off))
+        buf, recvx = f.load(f.gep(stage, shape.buf_off)), f.load(f.gep(stage, shape.recvx_off))
+        closed = f.load(f.gep(stage, shape.closed_off), 32)
+        recvq, sendq = f.load(f.gep(stage, shape.recvq_first_off)), f.load(f.gep(stage, shape.sendq_first_off))
+        self.put((8, 0), (64, qcount), (64, cap), (8, f.op(f"zext i1 {f.icmp('ne', closed, 0)} to i64")))
+        c = self._count(1 << 40, shape.elem_size) if shape.elem_size else self.limits.min_elements
+        queued = f.select(f.icmp("ult", qcount, cap), qcount, cap)
+        n = f.barrier(f.select(f.icmp("ugt", queued, c), c, queued))
+        self.put32(n)
+        safe_cap = f.select(f.icmp("eq", cap, 0), 1, cap)
+
+        def item(i: str) -> None:
+            idx = f.op(f"urem i64 {f.add(recvx, i)}, {safe_cap}")
+            self.value_at(shape.elem, f.add(buf, f.mul(idx, shape.elem_size)), level + 1, depth)
+
+        self.loop(n, item, c)
+        self.put((32, self.queue_len(recvq, shape.sudog_next_off)), (32, self.queue_len(sendq, shape.sudog_next_off)))
+        f.br(done)
+        f.block(done)
+
+    def queue_len(self, first: str, next_off: int) -> str:
+        f = self.fn
+        cur, n = f.alloca("i64"), f.alloca("i64")
+        f.store(cur, first)
+        f.store(n, 0)
+        tmp = f.gep(self.scratch, TMP_OFF)
+
+        def body(_i: str) -> None:
+            c = f.load(cur)
+            some, done = f.label("sudog"), f.label("sudog_done")
+            f.cbr(f.icmp("ne", c, 0), some, done)
+            f.block(some)
+            f.store(n, f.add(f.load(n), 1))
+            bad = self.read_user(tmp, 8, f.add(c, next_off))
+            f.store(cur, f.select(bad, 0, f.load(tmp)))
+            f.br(done)
+            f.block(done)
+
+        self.loop(MAX_CHAIN, body)
+        return f.load(n)
+
+    def func(self, fv: str, level: int, depth: int) -> None:
+        f = self.fn
+        tmp = f.gep(self.scratch, TMP_OFF)
+        res = f.alloca("i64")
+        f.store(res, 0)
+        some, done = f.label("fv"), f.label("fv_done")
+        f.cbr(f.icmp("eq", fv, 0), done, some)
+        f.block(some)
+        bad = self.read_user(tmp, 8, fv)
+        f.store(res, f.select(bad, 0, f.load(tmp)))
+        f.br(done)
+        f.block(done)
+        pc = f.load(res)
+        self.put((8, OK), (64, fv), (64, pc))
+        end = f.label("closure_done")
+        for c in self.table.closures[:16] if depth < self.limits.pointer_depth else ():
+            hit, nxt = f.label("closure"), f.label("closure_next")
+            f.cbr(f.op(f"and i1 {f.icmp('eq', pc, c.entry)}, {f.icmp('ne', fv, 0)}"), hit, nxt)
+            f.block(hit)
+            self.put32(c.context)
+            self.value_at(c.context, fv, level, depth)
+            f.br(end)
+            f.block(nxt)
+        self.put32(UNKNOWN_TYPE)
+        f.br(end)
+        f.block(end)
+
+
+def _simple(table: V.TypeTable, tid: int, budget: int) -> bool:
+    sh = table[tid].shape
+    if isinstance(sh, (V.Scalar, V.String)):
+        return True
+    if isinstance(sh, V.Struct):
+        return len(sh.fields) <= 8 and all(_simple(table, fl.type, budget) for fl in sh.fields)
+    if isinstance(sh, V.Pointer):
+        return sh.elem is None or (budget > 0 and _simple(table, sh.elem, budget - 1))
+    return False
+
+
+def _mask_for(n: int) -> int:
+    m = 1
+    while m <= n:
+        m <<= 1
+    return m - 1
+
+
+def _covers(c: VariableCapture, pc: int) -> bool:
+    return c.path is not None and c.path.root == "" or any(r.low <= pc < r.high for r in c.locations)
+
+
+def _group(captures) -> list[tuple[str, list[VariableCapture]]]:
+    out: dict[str, list[VariableCapture]] = {}
+    for c in captures:
+        out.setdefault(c.label, []).append(c)
+    return list(out.items())

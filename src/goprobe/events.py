@@ -1,0 +1,264 @@
+"""Dynamic events: each time a Go process reaches a probe point, capture values in the kernel (eBPF) and stream
+them out as JSON-ready dicts.
+
+    with stream_events([pid], EventRequest.build("main.handle", ["req.ID", "name"], max_events=100)) as s:
+        for event in s:
+            print(event["goid"], event["values"])
+        print(s.summary())
+
+The record format written by the kernel is documented in ``docs/event-record.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+from goprobe.backends.ebpf import event_codegen as G
+from goprobe.backends.ebpf.event_session import Counters, EventSession
+from goprobe.decoder import ValueDecoder, hexaddr
+from goprobe.dwarf.binary import GoBinary
+from goprobe.errors import GoprobeError, ProcessError, ProcessNotFoundError
+from goprobe.ir.events import EventPlan, compile_event, rebase_event
+from goprobe.request import EventRequest
+
+_HEADER = struct.Struct("<IIQQQQII")
+
+
+class EventRecordDecoder:
+    """Raw records of one event plan → event dicts (see the module docstring for the shape)."""
+
+    def __init__(self, plan: EventPlan, generated: G.GeneratedEvents, binary: GoBinary, bias: int = 0) -> None:
+        self.plan = plan
+        self.gen = generated
+        self.binary = binary
+        self.bias = bias
+        self.values = ValueDecoder(plan.types, self._func_name, self._type_name)
+
+    @lru_cache(maxsize=4096)  # noqa: B019 - one decoder per stream; PCs repeat
+    def _func_name(self, pc: int) -> str | None:
+        sym = self.binary.elf.function_symbol_at(pc - self.bias)
+        return sym.name if sym is not None else None
+
+    @lru_cache(maxsize=1024)  # noqa: B019
+    def _type_name(self, addr: int) -> str | None:
+        base = self.binary.runtime.firstmoduledata  # the decoder only needs a name: ask DWARF
+        del base
+        t = None
+        try:
+            t = self.binary.type_for_runtime_type(addr - self.bias)
+        except Exception:  # noqa: BLE001 - a name is a nicety
+            t = None
+        return t.name if t is not None else None
+
+    @lru_cache(maxsize=4096)  # noqa: B019
+    def _frames(self, pc: int) -> tuple[dict[str, Any], ...]:
+        out = []
+        for fn, file, line in self.binary.frames_at(pc - self.bias) or ():
+            out.append({"function": fn, "file": file, "line": line, "pc": hexaddr(pc)})
+        return tuple(out) or ({"function": self._func_name(pc) or "?", "file": "?", "line": 0, "pc": hexaddr(pc)},)
+
+    def decode(self, raw: bytes) -> dict[str, Any]:
+        site, flags, goid, pid_tgid, ts, duration, nstack, _ = _HEADER.unpack_from(raw, 0)
+        ev: dict[str, Any] = {"probe": self.plan.probe, "pid": pid_tgid >> 32, "tid": pid_tgid & 0xFFFFFFFF,
+                              "goid": goid, "ts_ns": ts}
+        pos = G.HEADER_SIZE
+        if self.plan.stack:
+            pcs = struct.unpack_from(f"<{nstack}Q", raw, pos)
+            pos += 8 * nstack
+            stack = []
+            for i, pc in enumerate(pcs):
+                # Return addresses point after the call: look up the call instruction's line.
+                stack.extend(self._frames(pc if i == 0 else pc - 1))
+            ev["stack"] = stack
+        layout = self.gen.sites[site]
+        ev["values"], pos = self._slots(raw, pos, layout.captures)
+        if layout.returns:
+            ev["returns"], pos = self._slots(raw, pos, layout.returns)
+        if flags & G.FLAG_DURATION:
+            ev["duration_ns"] = duration if duration else None
+        if self.gen.callers:
+            callers: dict[str, Any] = {}
+            for function, slots in self.gen.callers:
+                found = raw[pos]
+                pos += 1
+                if not found:
+                    callers.setdefault(function, {"@unavailable": "not on the stack"})
+                    continue
+                pos += 8  # the frame's return address
+                callers[function], pos = self._slots(raw, pos, slots)
+            ev["callers"] = callers
+        return ev
+
+    def _slots(self, raw: bytes, pos: int, slots) -> tuple[dict[str, Any], int]:
+        out: dict[str, Any] = {}
+        for label, tid in slots:
+            state = raw[pos]
+            if state == G.CAPTURE_UNAVAILABLE:
+                code = raw[pos + 1]
+                reasons = self.gen.reasons
+                out[label] = {"@unavailable": reasons[code] if code < len(reasons) else "unavailable"}
+                pos += 2
+                continue
+            (length,) = struct.unpack_from("<I", raw, pos + 1)
+            start = pos + 5
+            end = start + length
+            if tid is None:
+                out[label] = {"@unavailable": "no type"}
+            else:
+                out[label], _ = self.values.decode(raw[start:end], 0, tid)
+            pos = end
+        return out, pos
+
+
+class EventStream:
+    """Events of one request on processes of one executable; iterate for event dicts, then ``summary()``.
+
+    Stops after ``request.max_events`` delivered events, after ``request.duration_s`` seconds, when every
+    target process has exited, or on :meth:`stop`. Probes are removed on every exit path.
+    """
+
+    def __init__(self, pids: Sequence[int], request: EventRequest, *, binary: str | GoBinary | None = None,
+                 ring_bytes: int | None = None) -> None:
+        if not pids:
+            raise GoprobeError("no process given; pass at least one PID")
+        for pid in pids:
+            if not os.path.exists(f"/proc/{pid}"):
+                raise ProcessNotFoundError(f"no process with PID {pid}; check the PID (it may have exited)")
+        self.pids = tuple(pids)
+        self.request = request
+        self._owns_binary = not isinstance(binary, GoBinary)
+        path = binary.path if isinstance(binary, GoBinary) else (binary or _executable(pids[0]))
+        self.binary = binary if isinstance(binary, GoBinary) else GoBinary(path)
+        self.session: EventSession | None = None
+        try:
+            for pid in pids[1:]:
+                if os.path.realpath(_executable(pid)) != os.path.realpath(self.binary.path):
+                    raise GoprobeError(f"PID {pid} runs another executable than PID {pids[0]}; probe processes of "
+                                       "one executable per call")
+            from goprobe.snapshot import load_bias
+
+            biases = {load_bias(self.binary, pid) for pid in pids}
+            if len(biases) > 1:
+                raise GoprobeError("these processes load the position-independent executable at different "
+                                   "addresses; probe them one call each")
+            self.bias = biases.pop()
+            plan = rebase_event(compile_event(self.binary, request), self.bias)
+            lim = request.limits
+            limits = G.Limits(lim.string_bytes, lim.collection_bytes, lim.min_elements, lim.map_entries,
+                              lim.pointer_depth, request.max_events, request.rate_limit_per_s, request.stack)
+            self.plan = plan
+            self.session = EventSession(plan, str(self.binary.path), pids, limits, bias=self.bias,
+                                        **({"ring_bytes": ring_bytes} if ring_bytes else {}))
+            self.decoder = EventRecordDecoder(plan, self.session.generated, self.binary, self.bias)
+        except BaseException:
+            self.close()
+            raise
+        self.started = time.monotonic()
+        self.delivered = 0
+        self.decode_errors = 0
+        self._stopped = False
+        self._ended = None
+
+    def stop(self) -> None:
+        """End the stream at the next poll (safe from a signal handler)."""
+        self._stopped = True
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        req = self.request
+        deadline = None if req.duration_s is None else self.started + req.duration_s
+        pending: list[bytes] = []
+        assert self.session is not None
+        try:
+            while not self._stopped:
+                if req.max_events is not None and self.delivered >= req.max_events:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self.session.poll(pending.append, min(0.2, left) if left is not None else 0.2)
+                for ev in self._decode(pending):
+                    yield ev
+                pending.clear()
+                if not any(os.path.exists(f"/proc/{p}") for p in self.pids):
+                    break
+        finally:
+            self._ended = time.monotonic()
+            if self.session is not None:
+                self.session.detach()
+                self.session.drain(pending.append)
+        # Records still in the ring after the probes are gone (the limits were reached meanwhile).
+        for ev in self._decode(pending):
+            yield ev
+
+    def _decode(self, records: list[bytes]) -> Iterator[dict[str, Any]]:
+        limit = self.request.max_events
+        for raw in records:
+            if limit is not None and self.delivered >= limit:
+                return
+            try:
+                ev = self.decoder.decode(raw)
+            except (struct.error, IndexError, KeyError):
+                self.decode_errors += 1
+                continue
+            self.delivered += 1
+            yield ev
+
+    def counters(self) -> Counters:
+        return self.session.counters_now() if self.session is not None else Counters()
+
+    def summary(self) -> dict[str, Any]:
+        """Events delivered, drops by cause, probe hits, and the rate, for the end of a run."""
+        c = self.counters()
+        elapsed = (self._ended or time.monotonic()) - self.started
+        return {"events": self.delivered, "hits": c.hits, "filtered": c.filtered, "dropped": c.dropped,
+                "dropped_ring_full": c.dropped_full, "dropped_max_events": c.dropped_max,
+                "dropped_rate_limit": c.dropped_rate, "decode_errors": self.decode_errors,
+                "seconds": round(elapsed, 3), "events_per_s": round(self.delivered / elapsed, 1) if elapsed else None}
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        if self._owns_binary and getattr(self, "binary", None) is not None:
+            self.binary.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stream_events(pids: Sequence[int], request: EventRequest | str, captures: Sequence[str] = (), *,
+                  binary: str | GoBinary | None = None, **kw) -> EventStream:
+    """Start probing *pids*; *request* is an :class:`~goprobe.request.EventRequest` or a probe point string
+    (then *captures* and the keyword arguments of ``EventRequest.build`` apply)."""
+    if isinstance(request, str):
+        build_kw = {k: kw.pop(k) for k in list(kw) if k != "ring_bytes"}
+        request = EventRequest.build(request, captures, **build_kw)
+    return EventStream(pids, request, binary=binary, **kw)
+
+
+def _executable(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except FileNotFoundError:
+        raise ProcessNotFoundError(f"no process with PID {pid}; check the PID (it may have exited)") from None
+    except PermissionError:
+        raise ProcessError(f"no permission to inspect PID {pid}; run goprobe as root or as the process's user") \
+            from None
+
+
+def install_stop_signals(stream: EventStream) -> None:
+    """SIGINT/SIGTERM end the stream cleanly (probes removed, summary printed) instead of a traceback."""
+    def handler(_sig, _frame):
+        stream.stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
