@@ -47,11 +47,8 @@ class EventRecordDecoder:
 
     @lru_cache(maxsize=1024)  # noqa: B019
     def _type_name(self, addr: int) -> str | None:
-        base = self.binary.runtime.firstmoduledata  # the decoder only needs a name: ask DWARF
-        del base
-        t = None
         try:
-            t = self.binary.type_for_runtime_type(addr - self.bias)
+            t = self.binary.type_at_runtime_address(addr - self.bias)
         except Exception:  # noqa: BLE001 - a name is a nicety
             t = None
         return t.name if t is not None else None

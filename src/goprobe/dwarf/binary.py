@@ -603,12 +603,29 @@ class GoBinary:
         off = self._runtime_unit_types[0].get(name)
         return None if off is None else self.types.get(off)
 
-    def type_for_runtime_type(self, addr: int) -> GoType | None:
-        """The DWARF type described by the runtime type descriptor at link-time address *addr*."""
-        off = self._runtime_type_addresses.get(addr)
+    def type_for_runtime_type(self, offset: int) -> GoType | None:
+        """The DWARF type whose runtime type descriptor is *offset* bytes into ``moduledata.types``."""
+        off = self._runtime_type_addresses.get(offset)
         if off is None:
-            off = self.types.runtime_type_index().get(addr)
+            off = self.types.runtime_type_index().get(offset)
         return None if off is None else self.types.get(off)
+
+    @cached_property
+    def types_base(self) -> int | None:
+        """Link-time address of the runtime type descriptors (``firstmoduledata.types``), from the file;
+        None when the file holds no value there (position-independent executables relocate it)."""
+        L = self.runtime
+        try:
+            raw = self.elf.read_vaddr(L.firstmoduledata + L["moduledata"].offset("types"), 8)
+        except ValueError:
+            return None
+        base = int.from_bytes(raw, "little")
+        return base or None
+
+    def type_at_runtime_address(self, addr: int) -> GoType | None:
+        """The DWARF type of the runtime type descriptor at link-time address *addr*."""
+        base = self.types_base
+        return None if base is None or addr < base else self.type_for_runtime_type(addr - base)
 
     # -- frames and code -----------------------------------------------------------------------------------
     @cached_property

@@ -104,6 +104,7 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
     probe = req.probe
     sites: list[ProbeSite] = []
     for pc, function, inlined, variables in _sites(b, probe):
+        tb.add_type_arguments(function)
         caps = compile_captures(b, tb, compiler, variables, parsed)
         for c in caps:
             if c.type is None:
@@ -114,15 +115,14 @@ def compile_event(b: GoBinary, req: EventRequest) -> EventPlan:
         returns = _abi_results(b, tb, variables, pc) if probe.kind == "return" else ()
         sites.append(ProbeSite(pc, function, inlined, caps, cond, dictionary_locations(variables), returns,
                                *_frame_at(b, pc)))
-        tb.add_type_arguments(function)
     callers = []
     for fname, caps in req.callers.items():
         texts = [(c.text, c.expr) for c in caps]
         fns = b.functions(fname) or [b.function(fname)]
         for fn in fns:
+            tb.add_type_arguments(fn.name)
             callers.append(FramePlan(fn.name, fn.ranges, False, compile_captures(b, tb, compiler, fn.variables, texts),
                                      dictionary_locations(fn.variables)))
-            tb.add_type_arguments(fn.name)
         for _caller, call in b.inlined_copies(fname):
             callers.append(FramePlan(fname, call.ranges, True, compile_captures(b, tb, compiler, call.variables, texts),
                                      dictionary_locations(call.variables)))

@@ -127,6 +127,7 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
         if not outlined and not copies:
             b.function(fname)  # raises UnknownFunctionError with suggestions
         parsed = [(t, X.parse(t)) for t in texts]
+        tb.add_type_arguments(fname)
         copies_vars = [(fn.name, False, fn.variables) for fn in outlined] + [
             (fname, True, call.variables) for _caller, call in copies]
         # Check every expression against at least one copy, so a typo fails at compile time.
@@ -144,9 +145,9 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
             ranges = next(fn.ranges for fn in outlined if fn.name == name) if not inlined else None
             if inlined:
                 ranges = next(call.ranges for _c, call in copies if call.variables is variables)
+            tb.add_type_arguments(name)
             plans.append(FramePlan(name, ranges, inlined, compile_captures(b, tb, compiler, variables, parsed),
                                    dictionary_locations(variables)))
-            tb.add_type_arguments(name)
     tb.add_interface_candidates()
     tb.add_closures_if_funcs()
     gfilter = None

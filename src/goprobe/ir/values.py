@@ -220,7 +220,8 @@ class TypeTableBuilder:
         self._ids: dict[int, TypeId] = {}
         self._entries: list[TypeEntry | None] = []
         self._closures: dict[int, TypeId] = {}
-        self._type_argument_sources: set[str] = set()
+        self._dict_types: dict[str, dict[int, dict[int, GoType]]] = {}  # generic base → index → types
+        self._generic_args: dict[int, dict[int, GoType]] | None = None
 
     def add(self, t: GoType) -> TypeId:
         tid = self._ids.get(t.offset)
@@ -249,25 +250,29 @@ class TypeTableBuilder:
     def add_type_arguments(self, function: str) -> None:
         """Add the real types a shaped generic *function* may run with: every type its dictionaries
         (``pkg..dict.Name[...]``, static data the linker filled in) refer to, so values of its type
-        parameters are serialised by their real types."""
+        parameters are serialised by their real types. Also makes *function* the context of the type
+        parameters compiled next: where one instantiation alone fits a shape, it stands in when the frame's
+        dictionary cannot be read."""
         base = _generic_base(function)
-        if base is None or base in self._type_argument_sources:
+        self._generic_args = None
+        if base is None:
             return
-        self._type_argument_sources.add(base)
-        pkg, _, name = base.rpartition(".")
-        if not pkg:
-            return
-        prefix = f"{pkg}..dict.{name}["
-        elf = self._b.elf
-        for sym_name in elf.symbol_names():
-            if not sym_name.startswith(prefix):
-                continue
-            sym = elf.symbol(sym_name)
-            data = elf.read_vaddr(sym.value, sym.size) if sym is not None and sym.size else None
-            for i in range(0, len(data or b"") - 7, 8):
-                t = self._b.type_for_runtime_type(int.from_bytes(data[i:i + 8], "little"))
-                if t is not None:
-                    self.add(t)
+        if base not in self._dict_types:
+            self._dict_types[base] = by_index = {}
+            pkg, _, name = base.rpartition(".")
+            prefix = f"{pkg}..dict.{name}["
+            elf = self._b.elf
+            for sym_name in (elf.symbol_names() if pkg else ()):
+                if not sym_name.startswith(prefix):
+                    continue
+                sym = elf.symbol(sym_name)
+                data = elf.read_vaddr(sym.value, sym.size) if sym is not None and sym.size else None
+                for i in range(0, len(data or b"") - 7, 8):
+                    t = self._b.type_at_runtime_address(int.from_bytes(data[i:i + 8], "little"))
+                    if t is not None:
+                        self.add(t)
+                        by_index.setdefault(i // 8, {})[t.offset] = t
+        self._generic_args = self._dict_types[base]
 
     def add_closures(self, packages: Iterable[str]) -> None:
         """Add the captured-variable layouts of every closure function of *packages*, so a func value that
@@ -309,7 +314,12 @@ class TypeTableBuilder:
         b = self._b
         if t.dict_index is not None and t.shape_offset is not None:
             shape_t = b.type_at(t.shape_offset)
-            if shape_t.kind == "ptr":
+            fits = [c for c in (self._generic_args or {}).get(t.dict_index, {}).values()
+                    if c.size == shape_t.size and (c.kind == "ptr") == (shape_t.kind == "ptr")]
+            if len(fits) == 1:
+                # One instantiation has this shape: it is the real type even without the dictionary.
+                fallback = self.add(fits[0])
+            elif shape_t.kind == "ptr":
                 # Every pointer type shares one shape (``*uint8``): without the real type only the address
                 # is known, never a guessed pointee.
                 fallback = len(self._entries)

@@ -480,7 +480,6 @@ class _SiteProgram(_Program):
         self._capture(cap, lambda fail: self.root_here(cap, fail))
 
     def capture_in_caller(self, label: str, cands: list[VariableCapture], pc: str, cfa: str) -> None:
-        f = self.fn
         if all(c.type is None for c in cands):
             self.put8(CAPTURE_UNAVAILABLE)
             self.put8(self.gen.reason(cands[0].missing or "not capturable"))
