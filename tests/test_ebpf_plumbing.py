@@ -5,10 +5,8 @@ iterators. Skipped (with the reason) only when this machine cannot load BPF prog
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import select
 import signal
 import struct
 import subprocess
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import VERSIONS, build_fixture
+from ebpf_support import Fixture, no_leaked_kernel_fds, requires_bpf  # noqa: F401 (autouse fixture)
 from goprobe.backends.ebpf import errors
 from goprobe.backends.ebpf import syscall as sc
 from goprobe.backends.ebpf.btf import KIND_FUNC, KIND_STRUCT, vmlinux
@@ -36,52 +35,14 @@ from goprobe.dwarf.binary import GoBinary
 from goprobe.errors import GoprobeError, ProcessNotFoundError
 from goprobe.testing.fixture_process import running
 
+pytestmark = requires_bpf
+
 # amd64 `struct pt_regs` (arch/x86/include/uapi/asm/ptrace.h): r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx
 # rdx rsi rdi orig_rax rip ...
 PT_REGS = {"rbx": 40, "r9": 64, "rax": 80, "rcx": 88, "rsi": 104, "rdi": 112, "rip": 128}
 
 
-def _bpf_unavailable() -> str | None:
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        return "/sys/kernel/btf/vmlinux is missing (kernel without CONFIG_DEBUG_INFO_BTF)"
-    try:
-        sc.create_array(8, 1, name="probe_avail").close()
-    except errors.BpfError as e:
-        return f"bpf() is unusable here: {e}"
-    except OSError as e:  # pragma: no cover - e.g. seccomp
-        return f"bpf() is unusable here: {e}"
-    return None
-
-
-_REASON = _bpf_unavailable()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-
 # -- the fixture ----------------------------------------------------------------------------------------------
-
-def _kernel_fds() -> dict[str, str]:
-    out = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("anon_inode:") and any(k in target for k in ("bpf", "btf", "perf_event")):
-            out[fd] = target
-    return out
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_kernel_fds():
-    """Every test must close every map, program, link and perf event it made, on every path."""
-    import gc
-
-    before = _kernel_fds()
-    yield
-    gc.collect()
-    leaked = {fd: t for fd, t in _kernel_fds().items() if before.get(fd) != t}
-    assert not leaked, f"kernel objects left open: {leaked}"
-
 
 @pytest.fixture(scope="module")
 def calls_binary() -> Path:
@@ -96,39 +57,6 @@ def handle_site(calls_binary) -> tuple[int, int]:
         code = b.code.for_function(b.function("main.handle"))
         site = code.prologue_end
     return site, vaddr_to_file_offset(calls_binary, site)
-
-
-class Fixture:
-    """Talks to a running `calls` fixture over stdin/stdout, without Python's buffering in the way."""
-
-    def __init__(self, fx, call_log: Path) -> None:
-        self.fx = fx
-        self.pid = fx.pid
-        self.call_log = call_log
-        self._buf = b""
-
-    def command(self, text: str, timeout: float = 30.0) -> str:
-        self.fx.proc.stdin.write(text.encode() + b"\n")
-        self.fx.proc.stdin.flush()
-        fd = self.fx.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            assert left > 0, f"fixture did not answer {text!r}"
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                assert chunk, f"fixture exited while running {text!r}"
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-    def log(self) -> list[dict]:
-        return [json.loads(ln) for ln in self.call_log.read_text().splitlines()] if self.call_log.exists() else []
-
-    def peek(self, addr: int, size: int = 1) -> bytes:
-        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as f:
-            f.seek(addr)
-            return f.read(size)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ commands:
   inspect BINARY             Go version, architecture, counts and the main package's functions
   inspect BINARY FUNCTION    a function's parameters and locals, their Go types and where each is available
   snapshot PID [PID...]      every goroutine's stack, with values captured in the frames you name
+  events PID [PID...]        values captured each time a function runs or a line executes (eBPF)
 """
 
 
@@ -54,7 +55,99 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--core", nargs=2, metavar=("CORE", "BINARY"), help="snapshot an ELF core file instead")
     snap.add_argument("--json", action="store_true", help="print the JSON document (docs/snapshot-json.md)")
     snap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    ev = sub.add_parser(
+        "events", help="capture values each time a function runs or a line executes (eBPF)",
+        description="Attach probes (uprobes running generated eBPF) to the processes and stream one JSON object "
+                    "per event on standard output: probe, pid, tid, goid, ts_ns (CLOCK_MONOTONIC) and the "
+                    "captured values; with --return also the results and duration_ns. Conditions run in the "
+                    "kernel. At the end a summary (events, drops, rate) goes to standard error. Probes are "
+                    "removed on every exit, including Ctrl-C and SIGTERM.",
+        epilog="examples:\n"
+               "  goprobe events 4242 --probe 'main.(*Server).handle(req.URL.Path, len(req.Header))' --max 100\n"
+               "  goprobe events 4242 --probe 'main.handle(req.ID)' --return --when 'req.ID == 7'\n"
+               "  goprobe events 4242 --at server.go:212 -c tx.id --caller 'main.serve:conn.id' --stack",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("pids", nargs="+", type=int, metavar="PID", help="processes of one executable")
+    where = ev.add_mutually_exclusive_group(required=True)
+    where.add_argument("--probe", metavar="'FUNC(EXPR, ...)'", help="a function, with the expressions to capture")
+    where.add_argument("--at", metavar="FILE:LINE", help="a source line (every statement PC, inlined copies too)")
+    ev.add_argument("-c", "--capture", action="append", default=[], metavar="EXPR",
+                    help="another expression to capture at the probe (repeatable)")
+    ev.add_argument("--return", dest="at_return", action="store_true",
+                    help="fire when the function returns (every RET); adds results and duration_ns")
+    ev.add_argument("--caller", action="append", default=[], metavar="FUNC:EXPR,EXPR",
+                    help="capture expressions in the nearest frame of FUNC up the stack (repeatable)")
+    ev.add_argument("--when", metavar="EXPR", help="only events where this condition holds (checked in the kernel)")
+    ev.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    ev.add_argument("--max", type=int, metavar="N", help="stop after N events (further hits are counted as drops)")
+    ev.add_argument("--rate", type=int, metavar="N", help="at most N events a second per probe site")
+    ev.add_argument("--stack", action="store_true", help="add the goroutine's stack to each event")
+    ev.add_argument("-o", "--output", metavar="FILE", help="write the JSON lines to FILE")
     return p
+
+
+def parse_probe_spec(spec: str) -> tuple[str, list[str]]:
+    """``main.(*S).handle(req.ID, len(x))`` → ("main.(*S).handle", ["req.ID", "len(x)"]); no parentheses at
+    the end: the function alone."""
+    from goprobe.request import split_expressions
+
+    spec = spec.strip()
+    if not spec.endswith(")"):
+        return spec, []
+    depth = 0
+    for i in range(len(spec) - 1, -1, -1):
+        c = spec[i]
+        if c == ")":
+            depth += 1
+        elif c == "(":
+            depth -= 1
+            if depth == 0:
+                break
+    else:
+        return spec, []
+    inner = spec[i + 1:-1]
+    # "main.(*Server)" alone is not a call: the "(" must follow the name's last identifier.
+    if i == 0 or not (spec[i - 1].isalnum() or spec[i - 1] in "_]"):
+        return spec, []
+    return spec[:i], [e for e in split_expressions(inner) if e.strip()] if inner.strip() else []
+
+
+def _events(args: argparse.Namespace) -> int:
+    from goprobe.events import install_stop_signals, stream_events
+    from goprobe.request import EventRequest, parse_capture_spec
+
+    if args.probe:
+        point, exprs = parse_probe_spec(args.probe)
+    else:
+        point, exprs = args.at, []
+    exprs += args.capture
+    callers: dict[str, list[str]] = {}
+    for spec in args.caller:
+        fn, caps = parse_capture_spec(spec)
+        callers.setdefault(fn, []).extend(c.text for c in caps)
+    req = EventRequest.build(point, exprs, at_return=args.at_return, callers=callers, when=args.when,
+                             stack=args.stack, max_events=args.max, duration_s=args.duration,
+                             rate_limit_per_s=args.rate)
+    out = open(args.output, "w") if args.output else sys.stdout
+    try:
+        with stream_events(args.pids, req) as stream:
+            install_stop_signals(stream)
+            print(f"goprobe: probing {req.probe} in {', '.join(map(str, args.pids))} "
+                  f"({len(stream.plan.sites)} site{'s' if len(stream.plan.sites) != 1 else ''}); Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+            for event in stream:
+                out.write(json.dumps(event, ensure_ascii=False) + "\n")
+                out.flush()
+            s = stream.summary()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    drops = ", ".join(f"{s[k]} {k.removeprefix('dropped_').replace('_', ' ')}" for k in
+                      ("dropped_ring_full", "dropped_max_events", "dropped_rate_limit") if s[k])
+    print(f"goprobe: {s['events']} events in {s['seconds']} s ({s['events_per_s']}/s), {s['hits']} probe hits, "
+          f"{s['filtered']} filtered by --when, {s['dropped']} dropped" + (f" ({drops})" if drops else ""),
+          file=sys.stderr)
+    return 0
 
 
 def _snapshot(args: argparse.Namespace) -> int:
@@ -116,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "snapshot":
             return _snapshot(args)
+        if args.command == "events":
+            return _events(args)
     except GoprobeError as exc:
         print(f"goprobe: error: {exc}", file=sys.stderr)
         return 1
