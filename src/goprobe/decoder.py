@@ -64,7 +64,8 @@ class ValueDecoder:
         self._data = data
         try:
             return self._value(pos, tid)
-        except (_Truncated, struct.error, IndexError):
+        except (_Truncated, struct.error, IndexError, TypeError, RecursionError):
+            # TypeError: garbage that follows a pointer of unknown type; RecursionError: garbage nested deeply.
             return {"@unavailable": "truncated output"}, len(data)
 
     # -- helpers ----------------------------------------------------------------------------------------

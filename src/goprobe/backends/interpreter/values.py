@@ -26,6 +26,7 @@ _I64 = struct.Struct("<q")
 
 MAX_BUCKETS = 1 << 16  # bound on bucket/group visits per map
 MAX_CHAIN = 1 << 10  # bound on overflow chains and wait queues
+MAX_NESTING = 200  # values nested deeper (only through interfaces that contain themselves) are cut
 
 
 class Memory(Protocol):
@@ -65,6 +66,7 @@ class ValueEncoder:
         self.out = bytearray()
         self._seen: dict[int, int] = {}
         self.dictionary = 0  # the current frame's generic dictionary (``.dict``), 0 if none or unreadable
+        self._nest = 0
 
     # -- entry points -----------------------------------------------------------------------------------
     def begin_value(self) -> None:
@@ -85,6 +87,16 @@ class ValueEncoder:
     def value_from_bytes(self, tid: V.TypeId, data: bytes, depth: int = 0) -> None:
         if self._over_budget():
             return
+        self._nest += 1
+        try:
+            if self._nest > MAX_NESTING:  # e.g. a []any that holds itself: cut like a full budget
+                self.out.append(BUDGET)
+                return
+            self._value_from_bytes(tid, data, depth)
+        finally:
+            self._nest -= 1
+
+    def _value_from_bytes(self, tid: V.TypeId, data: bytes, depth: int) -> None:
         out = self.out
         out.append(OK)
         shape = self.table[tid].shape
