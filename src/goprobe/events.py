@@ -21,7 +21,8 @@ from typing import Any
 
 from goprobe.backends.ebpf import event_codegen as G
 from goprobe.backends.ebpf.event_session import Counters, EventSession
-from goprobe.decoder import ValueDecoder, hexaddr
+from goprobe.decoder import hexaddr
+from goprobe.decoder_codegen import compile_decoder
 from goprobe.dwarf.binary import GoBinary
 from goprobe.errors import GoprobeError, ProcessError, ProcessNotFoundError
 from goprobe.ir.events import EventPlan, compile_event, rebase_event
@@ -38,7 +39,7 @@ class EventRecordDecoder:
         self.gen = generated
         self.binary = binary
         self.bias = bias
-        self.values = ValueDecoder(plan.types, self._func_name, self._type_name)
+        self.values = compile_decoder(plan.types, func_name=self._func_name, type_name=self._type_name)
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one decoder per stream; PCs repeat
     def _func_name(self, pc: int) -> str | None:

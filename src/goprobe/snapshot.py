@@ -11,7 +11,8 @@ from typing import Any
 from goprobe.backends.interpreter.program import load as load_program
 from goprobe.backends.interpreter.program import lower as lower_program
 from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, run_snapshot
-from goprobe.decoder import ValueDecoder, hexaddr
+from goprobe.decoder import hexaddr
+from goprobe.decoder_codegen import compile_decoder
 from goprobe.dwarf.binary import GoBinary
 from goprobe.ir.snapshot import G_STATUS, SnapshotPlan, rebase
 
@@ -45,8 +46,12 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
         sym = b.elf.function_symbol_at(pc - bias)
         return sym.name if sym else None
 
-    decoder = ValueDecoder(plan.types, func_name=func_name,
-                           type_name=lambda addr: None)
+    @lru_cache(maxsize=None)
+    def type_name(addr: int) -> str | None:
+        t = b.type_at_runtime_address(addr - bias)
+        return t.name if t is not None else None
+
+    decoder = compile_decoder(plan.types, func_name=func_name, type_name=type_name)
     @lru_cache(maxsize=None)
     def logical_frames(pc: int) -> tuple:
         return tuple(b.frames_at(pc - bias)) or ((func_name(pc) or "?", "?", 0),)
@@ -92,19 +97,28 @@ def _base(name: str) -> str:
     return name.split("[", 1)[0]
 
 
+BACKENDS = ("auto", "ebpf", "interp")
+
+
 def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, limits=None,
-                  goroutine_filter: str | None = None) -> dict[str, Any]:
+                  goroutine_filter: str | None = None, backend: str = "interp") -> dict[str, Any]:
     """Snapshot every goroutine of each process in *pids*.
 
     *request* is a :class:`~goprobe.request.SnapshotRequest` or a mapping ``{function: [expression, ...]}``.
     Each process is paused only while its memory is read (all threads seized, then resumed and detached on
     every path); decoding happens after it runs again. Returns ``{"processes": [...]}`` as documented in
     ``docs/snapshot-json.md``.
+
+    *backend*: ``"interp"`` (goprobe's interpreter reads the memory), ``"ebpf"`` (a generated BPF program walks
+    the goroutines in the kernel while the process is paused), or ``"auto"`` (eBPF where this machine allows
+    it, else the interpreter; the process entry's ``backend_note`` says why it fell back).
     """
     from goprobe.process import pause
 
-    from goprobe.errors import ProcessNotFoundError
+    from goprobe.errors import GoprobeError, ProcessNotFoundError
 
+    if backend not in BACKENDS:
+        raise GoprobeError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     req = _as_request(request, limits, goroutine_filter)
     out = []
     for pid in pids:
@@ -115,6 +129,17 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
             bias = load_bias(b, pid)
             # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
             plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
+            used, note = backend, None
+            if backend in ("ebpf", "auto"):
+                try:
+                    proc = _ebpf_snapshot(plan, b, pid, req, bias)
+                    proc["backend"] = "ebpf"
+                    out.append(proc)
+                    continue
+                except GoprobeError as exc:
+                    if backend == "ebpf":
+                        raise
+                    used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
             if plan.frames:
                 with pause(pid) as paused:
                     raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
@@ -123,11 +148,41 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
                 with pause(pid) as paused:
                     copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
                 raw = run_snapshot(plan, copy, paused.threads, req.limits)
-            out.append(_filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req))
+            proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
+            proc["backend"] = "interp" if used != "ebpf" else used
+            if note:
+                proc["backend_note"] = note
+            out.append(proc)
         finally:
             if binary is None:
                 b.close()
     return {"processes": out}
+
+
+def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int) -> dict[str, Any]:
+    """One process through the eBPF backend: load the program, pause, run it (and unwind the goroutines that
+    are on a thread from their registers), resume, decode."""
+    from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter
+    from goprobe.backends.interpreter.snapshot import running_goroutines
+    from goprobe.process import pause
+
+    hint = _allglen(pid, plan.goroutines.allglen)
+    with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint) as snapper:
+        with pause(pid) as paused:
+            records = snapper.run()
+            running = running_goroutines(plan, paused.memory, paused.threads, req.limits)
+        raw = snapper.raw_snapshot(records, running)
+    return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
+
+
+def _allglen(pid: int, addr: int) -> int:
+    """The number of goroutines the runtime has allocated (a hint for buffer sizes; 10,000 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as fh:
+            fh.seek(addr)
+            return int.from_bytes(fh.read(8), "little") or 10_000
+    except (OSError, ValueError, OverflowError):
+        return 10_000
 
 
 def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,

@@ -31,9 +31,7 @@ STAGE_LEVELS = 8
 STAGE_OFF = OUT_SIZE
 TMP_OFF = STAGE_OFF + STAGE_SIZE * STAGE_LEVELS  # 64 bytes for small reads
 HAND_OFF = TMP_OFF + 64  # 16 bytes: a value computed in the program (len, cap)
-SEEN_MAX = 32
-SEEN_OFF = HAND_OFF + 16  # SEEN_MAX addresses already followed in the current value, then their count
-SEEN_COUNT_OFF = SEEN_OFF + 8 * SEEN_MAX
+SEEN_COUNT_OFF = HAND_OFF + 16  # the current value's number, for pointer de-duplication
 # The output position and a failure reason live in the scratch map, read with volatile loads: the verifier
 # then knows them only as bounded unknowns, so the paths through a value's branches converge and get pruned
 # (kept in registers they would be exact constants on every path, and the paths would multiply).
@@ -78,6 +76,7 @@ class MapFds:
     counters: int
     globals: int
     entries: int  # hash (goid, depth) → entry timestamp, for return durations
+    seen: int  # LRU hash (value number, address): pointers already followed in the current value
 
 
 @attrs.frozen
@@ -170,7 +169,7 @@ class _Program:
 
     def lookup(self, map_fd: int, key: int | str, bits: int = 32) -> str:
         f = self.fn
-        slot = f.alloca(f"i{bits}")
+        slot = f.shared_alloca("key")
         f.store(slot, key, bits)
         m = f.map_ptr(map_fd)
         return f.op(f"call ptr inttoptr (i64 1 to ptr)(ptr {m}, ptr {slot})")
@@ -512,7 +511,7 @@ class _SiteProgram(_Program):
             self.put8(CAPTURE_VALUE)
             len_at = f.load(self.posp, volatile=True)
             self.put32(0)
-            f.store(f.gep(self.scratch, SEEN_COUNT_OFF), 0)
+            self.new_value()
             kind, where = state
             if kind == "local":
                 self.ser_local(cap.type, where, 1, 0)
@@ -528,6 +527,14 @@ class _SiteProgram(_Program):
         self.put8(f.load(self.reasonp, volatile=True))
         f.br(done)
         f.block(done)
+
+    def new_value(self) -> None:
+        """Start a top-level value: a fresh value number (CPU in the top bits) for pointer de-duplication."""
+        f = self.fn
+        slot = f.gep(self.scratch, SEEN_COUNT_OFF)
+        n = f.add(f.and_(f.load(slot, volatile=True), (1 << 48) - 1), 1)
+        cpu = f.helper("get_smp_processor_id")
+        f.store(slot, f.op(f"or i64 {n}, {f.op(f'shl i64 {cpu}, 48')}"))
 
     def fail(self, fail: str, why: str) -> None:
         f = self.fn
@@ -602,38 +609,59 @@ class _SiteProgram(_Program):
         return addr
 
     def root_in_caller(self, cands: list[VariableCapture], pc: str, cfa: str, fail: str):
-        """Caller frames: only whole values in the frame's memory (CFA-relative) are readable."""
+        """A frame whose registers are gone (a caller, or a parked goroutine): the location is chosen by the
+        frame's PC at run time; pieces in the frame's memory are read, a piece in a register makes the value
+        unavailable — with the reasons the interpreter gives."""
         f = self.fn
-        addrp = f.alloca("i64")
-        found = f.label("root_found")
         cap0 = cands[0]
         if cap0.path is not None and cap0.path.root == "":
             return ("user", str(cap0.path.global_address))
         size = 8 if cap0.escaped else self.table[cap0.root_type if cap0.root_type is not None else cap0.type].size
+        if size > STAGE_SIZE:
+            raise _Unsupported("value too large for the eBPF backend's staging buffer")
+        found = f.label("root_found")
+        root = f.gep(self.scratch, STAGE_OFF)
         for c in cands:
             for r in c.locations:
                 hit, nxt = f.label("range"), f.label("range_next")
                 inside = f.op(f"and i1 {f.icmp('uge', pc, r.low)}, {f.icmp('ult', pc, r.high)}")
                 f.cbr(inside, hit, nxt)
                 f.block(hit)
-                loc = r.location
-                if len(loc) == 1 and loc[0].kind == E.CFA_MEMORY and not loc[0].indirect and (
-                        loc[0].size is None or loc[0].size >= size):
-                    f.store(addrp, f.add(cfa, loc[0].offset))
-                    f.br(found)
-                elif any(p.kind == E.REGISTER for p in loc):
-                    self.fail(fail, "held in a register, which Go does not preserve across calls")
-                elif all(p.kind == E.UNAVAILABLE for p in loc):
-                    self.fail(fail, "optimised away at this PC")
+                why = _first_unreadable_piece(r.location)
+                if why is not None:
+                    self.fail(fail, why)
                 else:
-                    self.fail(fail, "split across places; the eBPF backend reads whole stack slots in callers")
+                    self.assemble(r.location, size, root, cfa, fail)
+                    f.br(found)
                 f.block(nxt)
         self.fail(fail, "not available at this PC (optimised away or out of scope)")
         f.block(found)
-        addr = f.load(addrp)
         if cap0.escaped:
-            return ("user", self.load_word(("user", addr), 0, 8, fail))
-        return ("user", addr)
+            return ("user", self.load_word(("local", root), 0, 8, fail))
+        return ("local", root)
+
+    def assemble(self, loc: E.Location, size: int, dst: str, cfa: str, fail: str) -> None:
+        """Read a location made of memory and constant pieces into *dst* (the frame's CFA is *cfa*)."""
+        f = self.fn
+        off = 0
+        for p in loc:
+            n = min(p.size if p.size is not None else size, STAGE_SIZE - off)
+            at = f.gep(dst, off) if off else dst
+            if p.kind == E.IMPLICIT:
+                data = p.value[:n].ljust(n, b"\0")
+                for k in range(n):
+                    f.store(f.gep(at, k), data[k], 8)
+            else:
+                addr = f.add(cfa, p.offset) if p.kind == E.CFA_MEMORY else str(p.offset)
+                if p.indirect:
+                    ptr = self.load_word(("user", addr), 0, 8, fail)
+                    addr = f.add(ptr, p.post_offset)
+                bad = self.read_user(at, n, addr)
+                ok = f.label("piece_ok")
+                f.store(self.reasonp, self.gen.reason("memory is not readable"))
+                f.cbr(bad, fail, ok)
+                f.block(ok)
+            off += n
 
     # -- access paths -----------------------------------------------------------------------------------------
     def load_word(self, state, offset: int, size: int, fail: str) -> str:
@@ -1061,33 +1089,27 @@ class _SiteProgram(_Program):
         f.br(done)
         f.block(done)
 
-    def seen(self, addr: str) -> str:
-        """Whether *addr* was followed before in this value (the first SEEN_MAX addresses are remembered)."""
+    def _seen_key(self, addr: str) -> str:
         f = self.fn
-        count = f.load(f.gep(self.scratch, SEEN_COUNT_OFF))
-        hit = f.alloca("i64")
-        f.store(hit, 0)
-        base = f.gep(self.scratch, SEEN_OFF)
+        key = f.shared_alloca("seen_key")
+        f.store(key, f.load(f.gep(self.scratch, SEEN_COUNT_OFF), volatile=True))
+        f.store(f.gep(key, 8), addr)
+        return key
 
-        def body(i: str) -> None:
-            eq = f.icmp("eq", f.load(f.gep(base, f.mul(i, 8))), addr)
-            f.store(hit, f.op(f"or i64 {f.load(hit)}, {f.op(f'zext i1 {eq} to i64')}"))
-
-        self.loop(count, body, SEEN_MAX)
-        return f.icmp("ne", f.load(hit), 0)
+    def seen(self, addr: str) -> str:
+        """Whether *addr* was followed before in this value: (value number, address) keys in an LRU hash,
+        so nothing needs clearing between values and no loop needs verifying."""
+        f = self.fn
+        m = f.map_ptr(self.gen.maps.seen)
+        hit = f.op(f"call ptr inttoptr (i64 1 to ptr)(ptr {m}, ptr {self._seen_key(addr)})")
+        return f.op(f"icmp ne ptr {hit}, null")
 
     def remember(self, addr: str) -> None:
         f = self.fn
-        cp = f.gep(self.scratch, SEEN_COUNT_OFF)
-        count = f.load(cp)
-        room, full = f.label("seen_room"), f.label("seen_full")
-        f.cbr(f.icmp("ult", count, SEEN_MAX), room, full)
-        f.block(room)
-        idx = f.and_(f.barrier(count), SEEN_MAX - 1)
-        f.store(f.gep(f.gep(self.scratch, SEEN_OFF), f.mul(idx, 8)), addr)
-        f.store(cp, f.add(count, 1))
-        f.br(full)
-        f.block(full)
+        m = f.map_ptr(self.gen.maps.seen)
+        one = f.shared_alloca("one", "i64")
+        f.store(one, 1)
+        f.helper("map_update_elem", f"ptr {m}", f"ptr {self._seen_key(addr)}", f"ptr {one}", "i64 0")
 
     def interface(self, shape: V.Interface, p: str, level: int, depth: int) -> None:
         f = self.fn
@@ -1250,6 +1272,20 @@ class _SiteProgram(_Program):
         self.put32(UNKNOWN_TYPE)
         f.br(end)
         f.block(end)
+
+
+def _first_unreadable_piece(loc: E.Location) -> str | None:
+    """Why a location cannot be read without the frame's registers (the first piece that needs them)."""
+    for p in loc:
+        if p.kind == E.UNAVAILABLE:
+            return "optimised away at this PC"
+        if p.kind == E.REGISTER:
+            return "held in a register, which Go does not preserve across calls"
+        if p.kind == E.REGISTER_MEMORY:
+            return "address held in a register that is not preserved"
+        if p.kind not in (E.CFA_MEMORY, E.ADDRESS_MEMORY, E.IMPLICIT):
+            return f"unsupported location {p.kind}"
+    return None
 
 
 def _simple(table: V.TypeTable, tid: int, budget: int) -> bool:

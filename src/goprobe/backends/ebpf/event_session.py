@@ -72,7 +72,9 @@ class EventSession:
         self.counters = self._own(sc.create_array(G.COUNTER_VALUE_SIZE, n_sites, name="gp_counters"))
         self.globals = self._own(sc.create_array(8, 1, name="gp_globals"))
         self.entries = self._own(sc.create_hash(16, 8, 1 << 16, name="gp_entries"))
-        fds = G.MapFds(self.scratch.fd, self.events.fd, self.counters.fd, self.globals.fd, self.entries.fd)
+        self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
+        fds = G.MapFds(self.scratch.fd, self.events.fd, self.counters.fd, self.globals.fd, self.entries.fd,
+                       self.seen.fd)
         self.generated = G.generate(plan, fds, limits)
         obj = BpfObject(compile_to_object(self.generated.ir, name=plan.probe or "events"), name="events")
         offsets_of: dict[int, list[int]] = {}

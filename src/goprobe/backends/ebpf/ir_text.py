@@ -17,10 +17,11 @@ class Function:
     """One function's IR lines; values are ``i64`` unless said otherwise."""
 
     def __init__(self, module: Module, name: str, section: str, params: str = "ptr %ctx",
-                 ret: str = "i64", linkage: str = "") -> None:
+                 ret: str = "i64", linkage: str = "", dbg: str = "") -> None:
         self.module = module
         self.name = name
-        self.head = f"define {linkage}{ret} @{name}({params}) section \"{section}\""
+        self.ret_type = ret
+        self.head = f"define {linkage}{ret} @{name}({params}) section \"{section}\"" + (f" !dbg {dbg}" if dbg else "")
         self.lines: list[str] = []
         self.allocas: list[str] = []
         self._n = 0
@@ -68,7 +69,7 @@ class Function:
         self.terminated = True
 
     def ret(self, value: str = "0") -> None:
-        self(f"ret i64 {value}")
+        self(f"ret {self.ret_type} {value}")
         self.terminated = True
 
     # -- values -------------------------------------------------------------------------------------------
@@ -100,13 +101,15 @@ class Function:
 
     def load(self, ptr: str, bits: int = 64, volatile: bool = False) -> str:
         """Load an unsigned integer of *bits* and widen it to i64."""
-        v = self.op(f"load {'volatile ' if volatile else ''}i{bits}, ptr {ptr}, align 1")
+        # "align 8" even where the address is not: LLVM's BPF backend splits less aligned accesses into bytes,
+        # while the kernel (x86-64, efficient unaligned access) accepts unaligned map-value accesses.
+        v = self.op(f"load {'volatile ' if volatile else ''}i{bits}, ptr {ptr}, align 8")
         return v if bits == 64 else self.op(f"zext i{bits} {v} to i64")
 
     def store(self, ptr: str, value: str | int, bits: int = 64) -> None:
         if bits != 64 and not isinstance(value, int):
             value = self.op(f"trunc i64 {value} to i{bits}")
-        self(f"store i{bits} {value}, ptr {ptr}, align 1")
+        self(f"store i{bits} {value}, ptr {ptr}, align 8")
 
     def barrier(self, value: str) -> str:
         """The same value, opaque to LLVM: keeps range checks the verifier needs from being folded away."""
@@ -116,6 +119,14 @@ class Function:
         t = self.tmp()
         self.allocas.append(f"  {t} = alloca {ty}, align 8")
         return t
+
+    def shared_alloca(self, key: str, ty: str = "[2 x i64]") -> str:
+        """One stack slot per *key* and function, reused by every use: map keys and values passed to helpers
+        live only for the call, and separate slots would add up past the 512-byte BPF stack."""
+        slots = self.__dict__.setdefault("_shared", {})
+        if key not in slots:
+            slots[key] = self.alloca(ty)
+        return slots[key]
 
     def helper(self, name: str, *args: str) -> str:
         """Call kernel helper *name* with typed arguments (``"ptr %x"``, ``"i64 8"``); returns its i64 result."""
@@ -135,10 +146,11 @@ class Function:
 class Module:
     """Functions plus the shared declarations and loop metadata."""
 
-    def __init__(self) -> None:
+    def __init__(self, debug_info=None) -> None:
         self.functions: list[Function] = []
         self._loop_ids: list[int] = []
         self._md = 1  # !0 is the no-unroll property
+        self.debug_info = debug_info  # llvm_target.DebugInfo when a program needs BTF (bpf_loop callbacks)
 
     def function(self, name: str, section: str, **kw) -> Function:
         fn = Function(self, name, section, **kw)
@@ -155,6 +167,9 @@ class Module:
         out += [f.text() + "\n" for f in self.functions]
         out.append(f"!0 = {NO_UNROLL_MD}")
         out += [f"!{i} = distinct !{{!{i}, !0}}" for i in self._loop_ids]
-        out.append('!llvm.module.flags = !{!1}')
-        out.append('!1 = !{i32 1, !"wchar_size", i32 4}')
+        if self.debug_info is not None:
+            out.append(self.debug_info.metadata())
+        else:
+            out.append('!llvm.module.flags = !{!1}')
+            out.append('!1 = !{i32 1, !"wchar_size", i32 4}')
         return "\n".join(out) + "\n"

@@ -341,6 +341,22 @@ class SnapshotInterpreter:
         return data, ""
 
 
+def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits) -> dict[int, RawGoroutine]:
+    """The goroutines running on a thread now (g address → raw goroutine), unwound from the thread's registers:
+    another backend that walks ``g.sched`` uses these instead of its own view of them."""
+    interp = SnapshotInterpreter(plan, memory, threads, limits)
+    gl = plan.goroutines
+    out = {}
+    by_thread = interp._thread_goroutines()
+    for gp in by_thread:
+        g = interp.mem.read(gp, gl.g_size)
+        if g is None:
+            continue
+        status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
+        out[gp] = interp._goroutine(gp, g, status, by_thread)
+    return out
+
+
 def copy_stacks(plan: SnapshotPlan, memory, threads: Sequence, limits) -> PageCache:
     """Copy what a stacks-only snapshot reads — goroutine list, g structures, used stacks — and nothing else.
 

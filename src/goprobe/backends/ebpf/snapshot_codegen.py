@@ -1,0 +1,376 @@
+"""Lowers a snapshot plan (``goprobe.ir.snapshot.SnapshotPlan``) to one BPF task-iterator program.
+
+Run on demand against a paused process, it walks ``runtime.allgs`` and, per goroutine, unwinds the stack
+with the plan's CFA table and captures the requested variables of matching frames — reading the target's
+memory with ``bpf_copy_from_user_task``. One ring-buffer record per goroutine; the layout is documented in
+``docs/event-record.md`` (section "snapshot records"). Goroutines and frames are ``bpf_loop`` callbacks, so the
+verifier checks each body once whatever the number of goroutines.
+
+The unwinding table lives in an array map of rows sorted by PC (binary search in the kernel); each row also
+says which frame plans cover its PCs (a *plan set*), so a frame finds its captures in one lookup.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+from goprobe.backends.ebpf import event_codegen as G
+from goprobe.backends.ebpf.event_codegen import HALF, TMP_OFF, _group, _SiteProgram
+from goprobe.backends.ebpf.ir_text import Function, Module
+from goprobe.backends.ebpf.llvm_target import DebugInfo
+from goprobe.ir.snapshot import G_DEAD, G_SCAN, SnapshotPlan
+
+RSP, RBP = 7, 6
+ROW = struct.Struct("<QiBBH")  # first PC, CFA offset, CFA register (0xFF: none), flags, plan set
+ROW_HAS_RULE, ROW_STOP = 1, 2
+
+# per-CPU scratch slots (after the event layout) for loop state, read with volatile loads
+SLOT_ALLGS = G.SCRATCH_SIZE
+SLOT_PC, SLOT_SP, SLOT_BP, SLOT_DONE, SLOT_N, SLOT_LO, SLOT_HI, SLOT_TYPES = (SLOT_ALLGS + 8 * k
+                                                                             for k in range(1, 9))
+G_OFF = SLOT_TYPES + 8  # the goroutine's g, read whole
+SCRATCH_SIZE = G_OFF + 1024
+
+GOROUTINE_HEADER = struct.Struct("<QQIIII")  # g address, goid, status, wait reason, frames, truncated
+FRAME_HEADER = struct.Struct("<QQI")  # pc, sp, plan set
+
+
+@attrs.frozen
+class SnapshotMapFds:
+    scratch: int
+    events: int
+    rows: int
+    seen: int
+
+
+@attrs.frozen
+class GeneratedSnapshot:
+    ir: str
+    reasons: tuple[str, ...]
+    plan_sets: tuple[tuple[int, ...], ...]  # plan set id → indices into plan.frames (id 0: none)
+    slots: tuple[tuple[tuple[str, int | None], ...], ...]  # per frame plan: (label, type id) in record order
+
+
+def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...], ...]]:
+    """The CFA table as sorted rows, split where frame plans begin and end, and the plan sets."""
+    points: dict[int, None] = {0: None}
+    for lo, hi, rows in plan.unwind:
+        points[lo] = points[hi] = None
+        for pc, _r, _o in rows:
+            points[pc] = None
+    for fp in plan.frames:
+        for lo, hi in fp.ranges:
+            points[lo] = points[hi] = None
+    for lo, hi in plan.stops:
+        points[lo] = points[hi] = None
+    starts = sorted(points)
+    # The rule in force at each point.
+    rules: dict[int, tuple[int, int]] = {}
+    for lo, hi, rows in plan.unwind:
+        for i, (pc, reg, off) in enumerate(rows):
+            end = rows[i + 1][0] if i + 1 < len(rows) else hi
+            rules[pc] = (reg, off, end)
+    out_rows: list[bytes] = []
+    sets: dict[tuple[int, ...], int] = {(): 0}
+    import bisect
+
+    unwind_lo = [lo for lo, _h, _r in plan.unwind]
+    for pc in starts:
+        rule = None
+        i = bisect.bisect_right(unwind_lo, pc) - 1
+        if i >= 0:
+            lo, hi, rows = plan.unwind[i]
+            if pc < hi:
+                j = bisect.bisect_right(rows, (pc, 1 << 30, 1 << 62)) - 1
+                if j >= 0:
+                    rule = rows[j][1:]
+        stop = any(lo <= pc < hi for lo, hi in plan.stops)
+        members = tuple(k for k, fp in sorted(enumerate(plan.frames), key=lambda x: min(r[0] for r in x[1].ranges))
+                        if any(lo <= pc < hi for lo, hi in fp.ranges))
+        sid = sets.setdefault(members, len(sets))
+        flags = (ROW_HAS_RULE if rule is not None else 0) | (ROW_STOP if stop else 0)
+        reg, off = rule if rule is not None else (0xFF, 0)
+        out_rows.append(ROW.pack(pc, off, reg, flags, sid))
+    plan_sets = tuple(k for k, _v in sorted(sets.items(), key=lambda kv: kv[1]))
+    return out_rows, plan_sets
+
+
+def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits) -> GeneratedSnapshot:
+    gen = _SnapshotGenerator(plan, maps, limits)
+    return gen.run(n_rows, plan_sets)
+
+
+class _SnapshotGenerator:
+    """What the shared value code expects of its generator (reasons, node budget, plan facts)."""
+
+    def __init__(self, plan: SnapshotPlan, maps: SnapshotMapFds, limits: G.Limits) -> None:
+        self.plan = plan
+        self.maps = maps
+        self.limits = limits
+        self.table = plan.types
+        self.di = DebugInfo()
+        self.module = Module(self.di)
+        self.reasons: list[str] = []
+        self._nodes = 0
+
+    def reason(self, text: str) -> int:
+        if text not in self.reasons:
+            self.reasons.append(text)
+        return self.reasons.index(text)
+
+    def run(self, n_rows: int, plan_sets) -> GeneratedSnapshot:
+        prog = _SnapshotProgram(self, n_rows, plan_sets)
+        prog.emit()
+        slots = tuple(tuple((label, next((c.type for c in cands if c.type is not None), None))
+                            for label, cands in _group(fp.captures)) for fp in self.plan.frames)
+        return GeneratedSnapshot(self.module.text(), tuple(self.reasons), tuple(plan_sets), slots)
+
+
+class _SnapshotProgram(_SiteProgram):
+    """The iterator program and its two callbacks (per goroutine, per frame)."""
+
+    def __init__(self, gen: _SnapshotGenerator, n_rows: int, plan_sets) -> None:
+        self.gen = gen
+        self.limits = gen.limits
+        self.table = gen.table
+        self.n_rows = n_rows
+        self.plan_sets = plan_sets
+        self.site = None
+        self.task = None
+        self.cfa = None
+
+    # Reads go through bpf_copy_from_user_task: the program runs in goprobe's context, not the target's.
+    def read_user(self, dst: str, size: int | str, addr: str) -> str:
+        f = self.fn
+        r = f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}", "i64 0")
+        return f.icmp("ne", r, 0)
+
+    def _function(self, name: str, params: list[tuple[str, str]], ret: str, local: bool) -> Function:
+        dbg = self.gen.di.subprogram(name, params, ret, local=local)
+        text_params = ", ".join(f"{'ptr' if k == 'ptr' else k} %{p}" for p, k in params)
+        return self.gen.module.function(name, "iter/task", params=text_params, ret=ret,
+                                        linkage="internal " if local else "", dbg=dbg)
+
+    def _enter(self, fn: Function, state: str | None) -> str:
+        """Common start of each function: the task (from the loop state) and the scratch area."""
+        self.fn = f = fn
+        self.types_base = "0"
+        if state is not None:
+            self.task = f.op(f"load ptr, ptr {state}")
+        cpu = f.helper("get_smp_processor_id")
+        scratch = self.lookup(self.gen.maps.scratch, cpu)
+        ok, out = f.label("ok"), f.label("out")
+        f.cbr(f.op(f"icmp eq ptr {scratch}, null"), out, ok)
+        f.block(out)
+        f.ret("1")
+        f.block(ok)
+        self.scratch = scratch
+        self.posp = f.gep(scratch, G.POS_OFF)
+        self.reasonp = f.gep(scratch, G.REASON_OFF)
+        self.types_base = self.vload(SLOT_TYPES)
+        return scratch
+
+    def slot(self, off: int) -> str:
+        return self.fn.gep(self.scratch, off)
+
+    def vload(self, off: int) -> str:
+        return self.fn.load(self.slot(off), volatile=True)
+
+    def emit(self) -> None:
+        self.emit_frame()
+        self.emit_goroutine()
+        self.emit_main()
+
+    # -- main: read the goroutine list, loop over it -----------------------------------------------------------
+    def emit_main(self) -> None:
+        f = self._function("snapshot", [("ctx", "ptr")], "i32", False)
+        self.fn = f
+        state = f.alloca("[2 x i64]")
+        meta_task = f.op(f"load ptr, ptr {f.gep('%ctx', 8)}")
+        have, out = f.label("task"), f.label("done")
+        f.cbr(f.op(f"icmp eq ptr {meta_task}, null"), out, have)
+        f.block(have)
+        f(f"store ptr {meta_task}, ptr {state}")
+        self.task = meta_task
+        cpu = f.helper("get_smp_processor_id")
+        scratch = self.lookup(self.gen.maps.scratch, cpu)
+        ok = f.label("ok")
+        f.cbr(f.op(f"icmp eq ptr {scratch}, null"), out, ok)
+        f.block(ok)
+        self.scratch = scratch
+        gl = self.gen.plan.goroutines
+        tmp = f.gep(scratch, TMP_OFF)
+        bad1 = self.read_user(tmp, 8, str(gl.allglen))
+        n = f.select(bad1, 0, f.load(tmp))
+        bad2 = self.read_user(tmp, 8, str(gl.allgs))
+        base = f.select(bad2, 0, f.load(tmp))
+        f.store(f.gep(scratch, SLOT_ALLGS), base)
+        bad3 = self.read_user(tmp, 8, str(self.gen.plan.interfaces.types_field_addr))
+        f.store(f.gep(scratch, SLOT_TYPES), f.select(bad3, 0, f.load(tmp)))
+        n = f.select(f.icmp("ugt", n, self.gen.plan.max_goroutines), self.gen.plan.max_goroutines, n)
+        n32 = f.op(f"trunc i64 {n} to i32")
+        f.helper("loop", f"i32 {n32}", "ptr @per_goroutine", f"ptr {state}", "i64 0")
+        f.br(out)
+        f.block(out)
+        f.ret("0")
+
+    # -- one goroutine -----------------------------------------------------------------------------------------
+    def emit_goroutine(self) -> None:
+        fn = self._function("per_goroutine", [("index", "i64"), ("state", "ptr")], "i64", True)
+        scratch = self._enter(fn, "%state")
+        f = self.fn
+        gl = self.gen.plan.goroutines
+        base = self.vload(SLOT_ALLGS)
+        tmp = f.gep(scratch, TMP_OFF)
+        skip, go = f.label("skip"), f.label("g")
+        bad = self.read_user(tmp, 8, f.add(base, f.mul("%index", 8)))
+        gp = f.select(bad, 0, f.load(tmp))
+        f.cbr(f.icmp("eq", gp, 0), skip, go)
+        f.block(skip)
+        f.ret("0")
+        f.block(go)
+        needed = max(gl.goid, gl.status, gl.sched_pc, gl.sched_sp, gl.sched_bp, gl.syscall_sp, gl.syscall_pc,
+                     gl.stack_lo, gl.stack_hi, gl.m, gl.waitreason) + 8
+        needed = min(needed, gl.g_size, 1024)
+        g = f.gep(scratch, G_OFF)
+        bad = self.read_user(g, needed, gp)
+        live = f.label("live")
+        f.cbr(bad, skip, live)
+        f.block(live)
+        status = f.and_(f.load(f.gep(g, gl.status), 8 * gl.status_size), (1 << 32) - 1 - G_SCAN)
+        dead = f.op(f"or i1 {f.icmp('eq', status, G_DEAD)}, {f.icmp('eq', status, 0)}")
+        walk = f.label("walk")
+        f.cbr(dead, skip, walk)
+        f.block(walk)
+        in_syscall = f.op(f"and i1 {f.icmp('eq', status, 3)}, "
+                          f"{f.icmp('ne', f.load(f.gep(g, gl.syscall_sp)), 0)}")
+        pc = f.select(in_syscall, f.load(f.gep(g, gl.syscall_pc)), f.load(f.gep(g, gl.sched_pc)))
+        sp = f.select(in_syscall, f.load(f.gep(g, gl.syscall_sp)), f.load(f.gep(g, gl.sched_sp)))
+        f.store(self.slot(SLOT_PC), pc)
+        f.store(self.slot(SLOT_SP), sp)
+        f.store(self.slot(SLOT_BP), f.load(f.gep(g, gl.sched_bp)))
+        f.store(self.slot(SLOT_DONE), 0)
+        f.store(self.slot(SLOT_N), 0)
+        head = f.gep(scratch, 0)
+        f.store(head, gp)
+        f.store(f.gep(head, 8), f.load(f.gep(g, gl.goid)))
+        f.store(f.gep(head, 16), status, 32)
+        f.store(f.gep(head, 20), f.load(f.gep(g, gl.waitreason), 8), 32)
+        f.store(self.posp, GOROUTINE_HEADER.size)
+        frames = self.gen.plan.max_frames
+        f.helper("loop", f"i32 {frames}", "ptr @per_frame", "ptr %state", "i64 0")
+        f.store(f.gep(head, 24), self.vload(SLOT_N), 32)
+        f.store(f.gep(head, 28), f.op(f"zext i1 {f.icmp('eq', self.vload(SLOT_DONE), 0)} to i64"), 32)
+        length = f.and_(f.barrier(f.load(self.posp, volatile=True)), HALF - 1)
+        m = f.map_ptr(self.gen.maps.events)
+        f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", "i64 0")
+        f.ret("0")
+
+    # -- one frame ---------------------------------------------------------------------------------------------
+    def emit_frame(self) -> None:
+        fn = self._function("per_frame", [("index", "i64"), ("state", "ptr")], "i64", True)
+        self._enter(fn, "%state")
+        f = self.fn
+        stop, go = f.label("stop"), f.label("frame")
+        pc = self.vload(SLOT_PC)
+        ended = f.op(f"or i1 {f.icmp('ne', self.vload(SLOT_DONE), 0)}, {f.icmp('eq', pc, 0)}")
+        f.cbr(ended, stop, go)
+        f.block(stop)
+        f.store(self.slot(SLOT_DONE), 1)
+        f.ret("1")
+        f.block(go)
+        sp, bp = self.vload(SLOT_SP), self.vload(SLOT_BP)
+        lookup = f.select(f.icmp("eq", "%index", 0), pc, f.sub(pc, 1))
+        row = self.find_row(lookup)
+        reg = f.load(f.gep(row, 12), 8)
+        off = f.op(f"sext i32 {f.op(f'load i32, ptr {f.gep(row, 8)}, align 8')} to i64")
+        flags = f.load(f.gep(row, 13), 8)
+        planset = f.load(f.gep(row, 14), 16)
+        has_rule = f.icmp("ne", f.and_(flags, ROW_HAS_RULE), 0)
+        cfa_rsp = f.add(sp, off)
+        cfa_rbp = f.add(bp, off)
+        cfa_fp = f.select(f.icmp("ne", bp, 0), f.add(bp, 16), 0)
+        cfa = f.select(has_rule, f.select(f.icmp("eq", reg, RSP), cfa_rsp,
+                                          f.select(f.icmp("eq", reg, RBP), cfa_rbp, 0)), cfa_fp)
+        self.put((64, pc), (64, sp), (32, planset))
+        self.frame_captures(planset, lookup, cfa)
+        f.store(self.slot(SLOT_N), f.add(self.vload(SLOT_N), 1))
+        last = f.op(f"or i1 {f.op(f'xor i1 {has_rule}, true')}, {f.icmp('ne', f.and_(flags, ROW_STOP), 0)}")
+        last = f.op(f"or i1 {last}, {f.icmp('eq', cfa, 0)}")
+        cont = f.label("next")
+        f.cbr(last, stop, cont)
+        f.block(cont)
+        tmp = f.gep(self.scratch, TMP_OFF)
+        bad = self.read_user(tmp, 8, f.sub(cfa, 8))
+        readable = f.label("ret_ok")
+        f.cbr(bad, stop, readable)
+        f.block(readable)
+        ret = f.load(tmp)
+        bad2 = self.read_user(tmp, 8, f.sub(cfa, 16))
+        saved_bp = f.select(bad2, 0, f.load(tmp))
+        f.store(self.slot(SLOT_BP), f.select(f.icmp("eq", reg, RSP), bp, saved_bp))
+        f.store(self.slot(SLOT_PC), ret)
+        f.store(self.slot(SLOT_SP), cfa)
+        f.ret("0")
+
+    def find_row(self, pc: str) -> str:
+        """The row in force at *pc*: binary search over the rows map (bounds kept in scratch)."""
+        f = self.fn
+        f.store(self.slot(SLOT_LO), 0)
+        f.store(self.slot(SLOT_HI), self.n_rows)
+        rows = self.gen.maps.rows
+
+        def step(_i: str) -> None:
+            lo, hi = self.vload(SLOT_LO), self.vload(SLOT_HI)
+            mid = f.op(f"lshr i64 {f.add(lo, hi)}, 1")
+            more, done = f.label("bs"), f.label("bs_done")
+            f.cbr(f.icmp("ugt", f.sub(hi, lo), 1), more, done)
+            f.block(more)
+            row = self.lookup(rows, mid)
+            have, skip = f.label("bs_row"), f.label("bs_norow")
+            f.cbr(f.op(f"icmp eq ptr {row}, null"), skip, have)
+            f.block(have)
+            le = f.icmp("ule", f.load(row), pc)
+            f.store(self.slot(SLOT_LO), f.select(le, mid, lo))
+            f.store(self.slot(SLOT_HI), f.select(le, hi, mid))
+            f.br(done)
+            f.block(skip)
+            f.store(self.slot(SLOT_HI), lo)  # cannot happen (in bounds): end the search
+            f.br(done)
+            f.block(done)
+
+        self.loop(max(1, self.n_rows.bit_length() + 1), step)
+        row = self.lookup(rows, self.vload(SLOT_LO))
+        have, none = f.label("row"), f.label("no_row")
+        res = f.gep(self.scratch, TMP_OFF + 16)
+        f.cbr(f.op(f"icmp eq ptr {row}, null"), none, have)
+        f.block(none)
+        f.store(res, 0)
+        f.store(f.gep(res, 8), 0)
+        f.br(f"{none}_end")
+        f.block(have)
+        f.store(res, f.load(row))
+        f.store(f.gep(res, 8), f.load(f.gep(row, 8)))
+        f.br(f"{none}_end")
+        f.block(f"{none}_end")
+        return res
+
+    def frame_captures(self, planset: str, pc: str, cfa: str) -> None:
+        f = self.fn
+        done = f.label("caps_done")
+        for sid, members in enumerate(self.plan_sets):
+            if not members or not any(self.gen.plan.frames[k].captures for k in members):
+                continue
+            hit, nxt = f.label("set"), f.label("set_next")
+            f.cbr(f.icmp("eq", planset, sid), hit, nxt)
+            f.block(hit)
+            for k in members:
+                for label, cands in _group(self.gen.plan.frames[k].captures):
+                    self.capture_in_caller(label, cands, pc, cfa)
+            f.br(done)
+            f.block(nxt)
+        f.br(done)
+        f.block(done)
+
