@@ -163,15 +163,17 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int) ->
     """One process through the eBPF backend: load the program, pause, run it (and unwind the goroutines that
     are on a thread from their registers), resume, decode."""
     from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter
-    from goprobe.backends.interpreter.snapshot import running_goroutines
+    from goprobe.backends.interpreter.snapshot import PlanIndex, running_goroutines
     from goprobe.process import pause
 
     hint = _allglen(pid, plan.goroutines.allglen)
+    index = PlanIndex(plan)
     with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint) as snapper:
         with pause(pid) as paused:
-            records = snapper.run()
-            running = running_goroutines(plan, paused.memory, paused.threads, req.limits)
-        raw = snapper.raw_snapshot(records, running)
+            snapper.run()
+            running = running_goroutines(plan, paused.memory, paused.threads, req.limits, index)
+        # The records wait in the ring buffer: taking them out need not keep the process stopped.
+        raw = snapper.raw_snapshot(snapper.records(), running)
     return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
 
 

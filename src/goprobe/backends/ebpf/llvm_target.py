@@ -37,6 +37,7 @@ HELPERS: dict[str, int] = {
     "get_smp_processor_id": 8,
     "get_current_pid_tgid": 14,
     "probe_read_user": 112,
+    "probe_read_kernel": 113,
     "seq_write": 127,
     "ringbuf_output": 130,
     "ringbuf_reserve": 131,

@@ -30,8 +30,13 @@ ROW_HAS_RULE, ROW_STOP = 1, 2
 SLOT_ALLGS = G.SCRATCH_SIZE
 SLOT_PC, SLOT_SP, SLOT_BP, SLOT_DONE, SLOT_N, SLOT_LO, SLOT_HI, SLOT_TYPES = (SLOT_ALLGS + 8 * k
                                                                              for k in range(1, 9))
-G_OFF = SLOT_TYPES + 8  # the goroutine's g, read whole
-SCRATCH_SIZE = G_OFF + 1024
+SLOT_SBASE, SLOT_SEND, SLOT_BATCH = SLOT_TYPES + 8, SLOT_TYPES + 16, SLOT_TYPES + 24
+G_OFF = SLOT_BATCH + 8  # the goroutine's g, read whole
+ALLGS_BATCH = 64  # g pointers read at once
+BATCH_OFF = G_OFF + 1024
+STACK_COPY = 1 << 14  # the used stack is copied in one read, up to this much (the rest is read as needed)
+STACK_OFF = BATCH_OFF + 8 * ALLGS_BATCH
+SCRATCH_SIZE = STACK_OFF + 2 * STACK_COPY
 
 GOROUTINE_HEADER = struct.Struct("<QQIIII")  # g address, goid, status, wait reason, frames, truncated
 FRAME_HEADER = struct.Struct("<QQI")  # pc, sp, plan set
@@ -43,6 +48,7 @@ class SnapshotMapFds:
     events: int
     rows: int
     seen: int
+    pc_cache: int  # hash: lookup PC → its row (filled as frames are met; kept across runs)
 
 
 @attrs.frozen
@@ -140,12 +146,32 @@ class _SnapshotProgram(_SiteProgram):
         self.site = None
         self.task = None
         self.cfa = None
+        self.stack_copy = False
 
-    # Reads go through bpf_copy_from_user_task: the program runs in goprobe's context, not the target's.
+    # Reads go through bpf_copy_from_user_task (the program runs in goprobe's context, not the target's), which
+    # costs about a microsecond; reads inside the goroutine's stack come from the copy made once per goroutine.
     def read_user(self, dst: str, size: int | str, addr: str) -> str:
         f = self.fn
-        r = f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}", "i64 0")
-        return f.icmp("ne", r, 0)
+        if not self.stack_copy:
+            r = f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}",
+                         "i64 0")
+            return f.icmp("ne", r, 0)
+        res = f.shared_alloca("read_result", "i64")
+        base, end = self.vload(SLOT_SBASE), self.vload(SLOT_SEND)
+        inside = f.op(f"and i1 {f.icmp('uge', addr, base)}, {f.icmp('ule', f.add(addr, size), end)}")
+        local, remote, done = f.label("local"), f.label("remote"), f.label("read_done")
+        f.cbr(inside, local, remote)
+        f.block(local)
+        src = f.gep(f.gep(self.scratch, STACK_OFF), f.and_(f.barrier(f.sub(addr, base)), STACK_COPY - 1))
+        r1 = f.helper("probe_read_kernel", f"ptr {dst}", f"i64 {size}", f"ptr {src}")
+        f.store(res, r1)
+        f.br(done)
+        f.block(remote)
+        r2 = f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}", "i64 0")
+        f.store(res, r2)
+        f.br(done)
+        f.block(done)
+        return f.icmp("ne", f.load(res), 0)
 
     def _function(self, name: str, params: list[tuple[str, str]], ret: str, local: bool) -> Function:
         dbg = self.gen.di.subprogram(name, params, ret, local=local)
@@ -220,17 +246,38 @@ class _SnapshotProgram(_SiteProgram):
     def emit_goroutine(self) -> None:
         fn = self._function("per_goroutine", [("index", "i64"), ("state", "ptr")], "i64", True)
         scratch = self._enter(fn, "%state")
+        self.stack_copy = False
         f = self.fn
         gl = self.gen.plan.goroutines
         base = self.vload(SLOT_ALLGS)
+        # The g pointers, ALLGS_BATCH at a time (the last batch may reach past allglen: those are not used).
+        k = f.and_("%index", ALLGS_BATCH - 1)
+        refill, have = f.label("refill"), f.label("batch")
+        f.cbr(f.icmp("eq", k, 0), refill, have)
+        f.block(refill)
+        batch = f.gep(scratch, BATCH_OFF)
+        bad = self.read_user(batch, 8 * ALLGS_BATCH, f.add(base, f.mul("%index", 8)))
+        f.store(self.slot(SLOT_BATCH), f.op(f"zext i1 {bad} to i64"))
+        f.br(have)
+        f.block(have)
+        gpp = f.alloca("i64")
+        skip, fast, single, go = f.label("skip"), f.label("from_batch"), f.label("single"), f.label("g")
+        f.cbr(f.icmp("ne", self.vload(SLOT_BATCH), 0), single, fast)
+        f.block(single)  # the batch ran past the end of a readable mapping: one pointer at a time
         tmp = f.gep(scratch, TMP_OFF)
-        skip, go = f.label("skip"), f.label("g")
-        bad = self.read_user(tmp, 8, f.add(base, f.mul("%index", 8)))
-        gp = f.select(bad, 0, f.load(tmp))
-        f.cbr(f.icmp("eq", gp, 0), skip, go)
+        bad1 = self.read_user(tmp, 8, f.add(base, f.mul("%index", 8)))
+        f.store(gpp, f.select(bad1, 0, f.load(tmp)))
+        f.br(go)
+        f.block(fast)
+        f.store(gpp, f.load(f.gep(f.gep(scratch, BATCH_OFF), f.mul(f.and_(f.barrier(k), ALLGS_BATCH - 1), 8))))
+        f.br(go)
+        f.block(go)
+        gp = f.load(gpp)
+        nonzero = f.label("nonzero")
+        f.cbr(f.icmp("eq", gp, 0), skip, nonzero)
         f.block(skip)
         f.ret("0")
-        f.block(go)
+        f.block(nonzero)
         needed = max(gl.goid, gl.status, gl.sched_pc, gl.sched_sp, gl.sched_bp, gl.syscall_sp, gl.syscall_pc,
                      gl.stack_lo, gl.stack_hi, gl.m, gl.waitreason) + 8
         needed = min(needed, gl.g_size, 1024)
@@ -251,6 +298,14 @@ class _SnapshotProgram(_SiteProgram):
         f.store(self.slot(SLOT_PC), pc)
         f.store(self.slot(SLOT_SP), sp)
         f.store(self.slot(SLOT_BP), f.load(f.gep(g, gl.sched_bp)))
+        # The used stack [sp, stack.hi), up to STACK_COPY bytes, in one read; frames and their variables are
+        # then read from the copy.
+        hi = f.load(f.gep(g, gl.stack_hi))
+        used = f.select(f.icmp("ult", sp, hi), f.sub(hi, sp), 0)
+        n = f.and_(f.barrier(f.select(f.icmp("ugt", used, STACK_COPY), STACK_COPY, used)), 2 * STACK_COPY - 1)
+        sbad = self.read_user(f.gep(scratch, STACK_OFF), n, sp)
+        f.store(self.slot(SLOT_SBASE), sp)
+        f.store(self.slot(SLOT_SEND), f.select(sbad, sp, f.add(sp, n)))
         f.store(self.slot(SLOT_DONE), 0)
         f.store(self.slot(SLOT_N), 0)
         head = f.gep(scratch, 0)
@@ -272,6 +327,7 @@ class _SnapshotProgram(_SiteProgram):
     def emit_frame(self) -> None:
         fn = self._function("per_frame", [("index", "i64"), ("state", "ptr")], "i64", True)
         self._enter(fn, "%state")
+        self.stack_copy = True
         f = self.fn
         stop, go = f.label("stop"), f.label("frame")
         pc = self.vload(SLOT_PC)
@@ -316,7 +372,30 @@ class _SnapshotProgram(_SiteProgram):
         f.ret("0")
 
     def find_row(self, pc: str) -> str:
-        """The row in force at *pc*: binary search over the rows map (bounds kept in scratch)."""
+        """The row in force at *pc*: from the PC cache (a hash map: goroutines share their code paths), else a
+        binary search over the rows map, whose answer goes into the cache."""
+        f = self.fn
+        res = f.gep(self.scratch, TMP_OFF + 16)
+        key = f.shared_alloca("pc_key", "i64")
+        f.store(key, pc)
+        cache = f.map_ptr(self.gen.maps.pc_cache)
+        hit = f.op(f"call ptr inttoptr (i64 1 to ptr)(ptr {cache}, ptr {key})")
+        cached, search, found = f.label("cached"), f.label("search"), f.label("row_found")
+        f.cbr(f.op(f"icmp eq ptr {hit}, null"), search, cached)
+        f.block(cached)
+        f.store(res, f.load(hit))
+        f.store(f.gep(res, 8), f.load(f.gep(hit, 8)))
+        f.br(found)
+        f.block(search)
+        self.search_row(pc, res)
+        f.store(key, pc)
+        f.helper("map_update_elem", f"ptr {cache}", f"ptr {key}", f"ptr {res}", "i64 0")
+        f.br(found)
+        f.block(found)
+        return res
+
+    def search_row(self, pc: str, res: str) -> None:
+        """Binary search over the rows map (bounds kept in scratch) for the row in force at *pc*, into *res*."""
         f = self.fn
         f.store(self.slot(SLOT_LO), 0)
         f.store(self.slot(SLOT_HI), self.n_rows)
@@ -344,7 +423,6 @@ class _SnapshotProgram(_SiteProgram):
         self.loop(max(1, self.n_rows.bit_length() + 1), step)
         row = self.lookup(rows, self.vload(SLOT_LO))
         have, none = f.label("row"), f.label("no_row")
-        res = f.gep(self.scratch, TMP_OFF + 16)
         f.cbr(f.op(f"icmp eq ptr {row}, null"), none, have)
         f.block(none)
         f.store(res, 0)
@@ -355,7 +433,6 @@ class _SnapshotProgram(_SiteProgram):
         f.store(f.gep(res, 8), f.load(f.gep(row, 8)))
         f.br(f"{none}_end")
         f.block(f"{none}_end")
-        return res
 
     def frame_captures(self, planset: str, pc: str, cfa: str) -> None:
         f = self.fn

@@ -45,7 +45,8 @@ class EbpfSnapshotter:
             glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
                             limits.pointer_depth, None, None, False)
             self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
-            maps = S.SnapshotMapFds(self.scratch.fd, self.events.fd, self.rows.fd, self.seen.fd)
+            self.pc_cache = self._own(sc.create_hash(8, S.ROW.size, 1 << 16, name="gp_pcs"))
+            maps = S.SnapshotMapFds(self.scratch.fd, self.events.fd, self.rows.fd, self.seen.fd, self.pc_cache.fd)
             self.generated = S.generate(plan, maps, len(rows), self.plan_sets, glim)
             obj = compile_to_object(self.generated.ir, name="snapshot")
             self.program = self._own(load_task_iterator(obj, name="snapshot", entry="snapshot"))
@@ -59,9 +60,12 @@ class EbpfSnapshotter:
         self._closables.append(thing)
         return thing
 
-    def run(self) -> list[bytes]:
-        """Walk every goroutine now (the process must be paused); the raw records, in allgs order."""
+    def run(self) -> None:
+        """Walk every goroutine now (the process must be paused); the records wait in the ring buffer."""
         run(self.link)
+
+    def records(self) -> list[bytes]:
+        """The records of the last run, in allgs order."""
         return self.ring.consume()
 
     def raw_snapshot(self, records: list[bytes], running: dict[int, RawGoroutine]) -> RawSnapshot:

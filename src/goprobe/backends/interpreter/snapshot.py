@@ -20,6 +20,8 @@ from goprobe.dwarf import expressions as E
 from goprobe.ir import values as V
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
 
+G_RUNNING = 2
+
 
 _U64 = struct.Struct("<Q")
 RSP, RBP, RIP = 7, 6, 16
@@ -64,20 +66,30 @@ class RawSnapshot:
     errors: tuple[str, ...]
 
 
+class PlanIndex:
+    """Lookup tables derived from a plan; built once, before a pause (the unwinding table can be large)."""
+
+    def __init__(self, plan: SnapshotPlan) -> None:
+        self.scalars = {i: e.size for i, e in enumerate(plan.types.entries) if isinstance(e.shape, V.Scalar)}
+        self.unwind_starts = [lo for lo, _hi, _rows in plan.unwind]
+        self.stop_starts = [lo for lo, _hi in plan.stops]
+        self.frame_plans = sorted(((lo, hi, fp) for fp in plan.frames for lo, hi in fp.ranges), key=lambda x: x[0])
+
+
 class SnapshotInterpreter:
-    def __init__(self, plan: SnapshotPlan, memory, threads: Sequence, limits) -> None:
+    def __init__(self, plan: SnapshotPlan, memory, threads: Sequence, limits, index: PlanIndex | None = None) -> None:
         self.plan = plan
         self.mem = PageCache(memory)
         self._pcs: dict[int, tuple] = {}
-        self._scalars = {i: e.size for i, e in enumerate(plan.types.entries) if isinstance(e.shape, V.Scalar)}
+        index = index or PlanIndex(plan)
+        self._scalars = index.scalars
         self.threads = {t.tid: t for t in threads}
         self.limits = limits
         self.rt = RuntimeTypeInfo(plan.interfaces)
         self._dictionary = 0  # of the frame being captured
-        self._unwind_starts = [lo for lo, _hi, _rows in plan.unwind]
-        self._stop_starts = [lo for lo, _hi in plan.stops]
-        self._frame_plans = sorted(((lo, hi, fp) for fp in plan.frames for lo, hi in fp.ranges),
-                                   key=lambda x: x[0])
+        self._unwind_starts = index.unwind_starts
+        self._stop_starts = index.stop_starts
+        self._frame_plans = index.frame_plans
 
     def load(self) -> tuple[list[int], list[bytes | None], dict[int, object]] | str:
         """Read the goroutine list, every g and every goroutine's used stack, in a few batched reads.
@@ -341,10 +353,11 @@ class SnapshotInterpreter:
         return data, ""
 
 
-def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits) -> dict[int, RawGoroutine]:
+def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits,
+                       index: PlanIndex | None = None) -> dict[int, RawGoroutine]:
     """The goroutines running on a thread now (g address → raw goroutine), unwound from the thread's registers:
     another backend that walks ``g.sched`` uses these instead of its own view of them."""
-    interp = SnapshotInterpreter(plan, memory, threads, limits)
+    interp = SnapshotInterpreter(plan, memory, threads, limits, index)
     gl = plan.goroutines
     out = {}
     by_thread = interp._thread_goroutines()
@@ -353,6 +366,8 @@ def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits) ->
         if g is None:
             continue
         status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
+        if status != G_RUNNING:  # a thread's g0 (scheduler, idle) or a goroutine in a system call
+            continue
         out[gp] = interp._goroutine(gp, g, status, by_thread)
     return out
 
