@@ -172,8 +172,9 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int) ->
         with pause(pid) as paused:
             snapper.run()
             running = running_goroutines(plan, paused.memory, paused.threads, req.limits, index)
+            fixups = snapper.resolve_fixups(paused.memory, req.limits)
         # The records wait in the ring buffer: taking them out need not keep the process stopped.
-        raw = snapper.raw_snapshot(snapper.records(), running)
+        raw = snapper.raw_snapshot(snapper.records(), running, fixups)
     return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
 
 

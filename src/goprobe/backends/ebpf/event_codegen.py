@@ -13,6 +13,8 @@ constant bounds and are not unrolled.
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 
 from goprobe.backends.ebpf.ir_text import Function, Module
@@ -37,11 +39,20 @@ SEEN_COUNT_OFF = HAND_OFF + 16  # the current value's number, for pointer de-dup
 # (kept in registers they would be exact constants on every path, and the paths would multiply).
 POS_OFF = SEEN_COUNT_OFF + 8
 REASON_OFF = POS_OFF + 8
-SCRATCH_SIZE = REASON_OFF + 8 + 2 * STAGE_SIZE  # slack: masked lengths may exceed the last stage
+MAPN_OFF = REASON_OFF + 8  # per nesting level: entries written so far in the map being walked
+# Deferred values (snapshots only): the record's owner (g address), the current capture's length field,
+# the frame's generic dictionary, and the fix-up record being built.
+GP_OFF = MAPN_OFF + 8 * (STAGE_LEVELS + 1)
+CAPLEN_OFF = GP_OFF + 8
+DICT_OFF = CAPLEN_OFF + 8
+FIX_OFF = DICT_OFF + 8
+FIX_DATA = 48  # in-hand bytes a fix-up carries
+FIXUP = struct.Struct("<QIIIIQQ48s")  # g, capture length pos, marker pos, type id, size, dictionary, depth, data
+SCRATCH_SIZE = FIX_OFF + FIXUP.size + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
 BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one value never writes 8 KiB at once
 MAX_STRING = 4096  # string payload bytes per value in the kernel
 MAX_STACK = 64  # frames walked for the stack and for caller frames
-MAX_NODES = 4000  # bound on the value-serialisation code of one program
+MAX_NODES = 12000  # bound on the value-serialisation code of one program
 
 # -- event record -------------------------------------------------------------------------------------------
 HEADER_SIZE = 48  # u32 site, u32 flags, u64 goid, u64 pid_tgid, u64 ts_ns, u64 duration_ns, u32 n_stack, u32 0
@@ -60,11 +71,12 @@ PT_REGS = {0: 80, 1: 96, 2: 88, 3: 40, 4: 104, 5: 112, 6: 32, 7: 152, 8: 72, 9: 
 RSP, RBP, R14, RIP = 7, 6, 14, 16
 
 # value-stream constants (docs/value-stream.md)
-OK, UNREADABLE, BUDGET_STATUS = 0, 1, 2
+OK, UNREADABLE, BUDGET_STATUS, DEFERRED = 0, 1, 2, 3
 PTR_NIL, PTR_FOLLOWED, PTR_SEEN, PTR_DEPTH, PTR_OPAQUE = 0, 1, 2, 3, 4
 UNKNOWN_TYPE = 0xFFFFFFFF
 NO_PAYLOAD = 0xFFFFFFFF
 MAX_CHAIN = 64  # wait-queue walks in the kernel
+MAX_SMALL_CHAIN = 4  # overflow buckets walked for a one-bucket classic map
 
 
 @attrs.frozen
@@ -77,6 +89,7 @@ class MapFds:
     globals: int
     entries: int  # hash (goid, depth) → entry timestamp, for return durations
     seen: int  # LRU hash (value number, address): pointers already followed in the current value
+    fixups: int = -1  # snapshots: ring buffer of values left for the interpreter (see ``defer``)
 
 
 @attrs.frozen
@@ -134,6 +147,7 @@ class _Generator:
         self.sections: list[tuple[str, str, int]] = []
         self.layouts: list[SiteLayout] = []
         self._nodes = 0
+        self.defer = False  # events cannot leave values for later: the process is not paused
 
     def reason(self, text: str) -> int:
         if text not in self.reasons:
@@ -510,6 +524,7 @@ class _SiteProgram(_Program):
         if state is not None:
             self.put8(CAPTURE_VALUE)
             len_at = f.load(self.posp, volatile=True)
+            f.store(f.gep(self.scratch, CAPLEN_OFF), len_at)
             self.put32(0)
             self.new_value()
             kind, where = state
@@ -957,7 +972,11 @@ class _SiteProgram(_Program):
         self.put8(BUDGET_STATUS)
         f.br(done)
         f.block(fine)
-        if isinstance(shape, V.Scalar):
+        if self.gen.defer and self._leave_to_interpreter(entry):
+            # Collections with costly elements, channels and the like: in a snapshot the process is paused, so
+            # goprobe's interpreter writes them from memory at once (the kernel code stays small to verify).
+            self.defer(tid, p, entry.size, depth, f.load(self.posp, volatile=True))
+        elif isinstance(shape, V.Scalar):
             self.put8(OK)
             self.copy_local(p, shape.size)
         elif isinstance(shape, V.String):
@@ -975,15 +994,19 @@ class _SiteProgram(_Program):
         elif isinstance(shape, V.Pointer):
             self.pointer(shape, f.load(p), level, depth)
         elif isinstance(shape, V.Interface):
-            self.interface(shape, p, level, depth)
+            self.interface(shape, p, level, depth, tid)
         elif isinstance(shape, (V.SwissMap, V.ClassicMap)):
-            self.map_value(shape, f.load(p), level)
+            self.map_value(shape, f.load(p), level, depth, tid, p)
         elif isinstance(shape, V.Chan):
             self.chan(shape, f.load(p), level, depth)
         elif isinstance(shape, V.Func):
+            self.func_tid = tid
             self.func(f.load(p), level, depth)
+        elif isinstance(shape, V.TypeParam) and self.gen.defer and entry.size <= FIX_DATA:
+            # Its real type is in the frame's dictionary: goprobe's interpreter resolves it while paused.
+            self.defer(tid, p, entry.size, depth, f.sub(f.load(self.posp, volatile=True), 0))
         elif isinstance(shape, V.TypeParam):
-            # The dictionary is not read in the kernel: the value is written in its shape's layout.
+            # The dictionary is not read here: the value is written in its shape's layout.
             self.put((8, OK), (32, UNKNOWN_TYPE))
             self.ser_local(shape.shape, p, level, depth)
         else:  # Opaque
@@ -991,6 +1014,22 @@ class _SiteProgram(_Program):
             self.copy_local(p, shape.size)
         f.br(done)
         f.block(done)
+
+    def _leave_to_interpreter(self, entry: V.TypeEntry) -> bool:
+        sh = entry.shape
+        if entry.size > FIX_DATA:
+            return False
+        if isinstance(sh, V.Chan):
+            return True
+        if isinstance(sh, V.Slice):
+            c = self._count(1 << 40, sh.elem_size) if sh.elem_size else self.limits.min_elements
+            return c > CHEAP_COUNT or _cost(self.table, sh.elem, 1) is None
+        if isinstance(sh, V.Array):
+            n = self._count(sh.length, sh.elem_size)
+            return n > CHEAP_COUNT or _cost(self.table, sh.elem, 1) is None
+        if isinstance(sh, (V.SwissMap, V.ClassicMap)):
+            return True  # walking even a small map multiplies the verifier's work by its 8 slots
+        return False
 
     def copy_local(self, src: str, size: int) -> None:
         f = self.fn
@@ -1111,8 +1150,9 @@ class _SiteProgram(_Program):
         f.store(one, 1)
         f.helper("map_update_elem", f"ptr {m}", f"ptr {self._seen_key(addr)}", f"ptr {one}", "i64 0")
 
-    def interface(self, shape: V.Interface, p: str, level: int, depth: int) -> None:
+    def interface(self, shape: V.Interface, p: str, level: int, depth: int, tid_self: int) -> None:
         f = self.fn
+        start = f.load(self.posp, volatile=True)
         word0, word1 = f.load(p), f.load(f.gep(p, 8))
         typ = word0
         if not shape.empty:
@@ -1151,43 +1191,185 @@ class _SiteProgram(_Program):
                 self.value_at(tid, word1, level, depth)
             f.br(done)
             f.block(nxt)
-        # Not among the types the program knows: the decoder names it from the runtime type's address.
-        self.put((32, UNKNOWN_TYPE), (8, 0))
+        if self.gen.defer:
+            # Not among the types decoded here: goprobe's interpreter writes it while the process is paused.
+            self.defer(tid_self, p, 16, depth, start)
+        else:
+            # Not among the types the program knows: the decoder names it from the runtime type's address.
+            self.put((32, UNKNOWN_TYPE), (8, 0))
         f.br(done)
         f.block(done)
 
+    def defer(self, tid: int, p: str, size: int, depth: int, start: str) -> None:
+        """Replace the value begun at *start* by a marker, and send a fix-up (which g, where, type id, the
+        value's bytes) for goprobe to fill in from the paused process."""
+        f = self.fn
+        f.store(self.posp, start)
+        marker = f.load(self.posp, volatile=True)
+        self.put((8, DEFERRED), (32, 0))
+        fix = f.gep(self.scratch, FIX_OFF)
+        f.store(fix, f.load(f.gep(self.scratch, GP_OFF), volatile=True))
+        f.store(f.gep(fix, 8), f.load(f.gep(self.scratch, CAPLEN_OFF), volatile=True), 32)
+        f.store(f.gep(fix, 12), marker, 32)
+        f.store(f.gep(fix, 16), tid, 32)
+        f.store(f.gep(fix, 20), size, 32)
+        f.store(f.gep(fix, 24), f.load(f.gep(self.scratch, DICT_OFF), volatile=True))
+        f.store(f.gep(fix, 32), depth)
+        f.helper("probe_read_kernel", f"ptr {f.gep(fix, 40)}", f"i64 {min(size, FIX_DATA)}", f"ptr {p}")
+        m = f.map_ptr(self.gen.maps.fixups)
+        f.helper("ringbuf_output", f"ptr {m}", f"ptr {fix}", f"i64 {FIXUP.size}", "i64 0")
+
     def _candidates(self, depth: int) -> list[tuple[int, int]]:
         """Dynamic types an interface is decoded as in the kernel: the table's runtime-typed entries whose
-        serialising code is small (scalars, strings, flat structs and pointers to them)."""
-        out = []
-        for rt, tid in sorted(self.table.by_runtime_type.items(), key=lambda x: x[1]):
-            if _simple(self.table, tid, 2):
-                out.append((rt, tid))
-        return out[:24] if depth < self.limits.pointer_depth else []
+        serialising code is small, cheapest first (others are named from their type descriptor, not shown)."""
+        if depth >= self.limits.pointer_depth:
+            return []
+        cache = self.gen.__dict__.setdefault("_candidate_cache", None)
+        if cache is None:
+            costs = []
+            for rt, tid in self.table.by_runtime_type.items():
+                c = _cost(self.table, tid, 3)
+                if c is not None and c <= CANDIDATE_COST:
+                    costs.append((c, tid, rt))
+            costs.sort()
+            # With deferral (snapshots) only the cheapest few are worth their code: the rest are written by the
+            # interpreter during the same pause.
+            keep = DEFERRED_CANDIDATES if self.gen.defer else MAX_CANDIDATES
+            cache = self.gen._candidate_cache = [(rt, tid) for _c, tid, rt in costs[:keep]]
+        return cache
 
-    def map_value(self, shape, m: str, level: int) -> None:
-        """Maps in the kernel: the header's address and the count; entries are not walked (marked cut)."""
+    def map_value(self, shape, m: str, level: int, depth: int, tid: int, p: str) -> None:
+        """Maps: small ones are walked in the kernel (a swiss map without a directory: one group of 8 slots; a
+        classic map with one bucket and its overflow chain); larger ones give their count with no entries,
+        which the decoder marks as cut."""
         f = self.fn
+        start = f.load(self.posp, volatile=True)
         self.put((8, OK), (64, m))
         done = f.label("map_done")
         some = f.label("map_some")
         f.cbr(f.icmp("eq", m, 0), done, some)
         f.block(some)
-        off = shape.used_off if isinstance(shape, V.SwissMap) else shape.count_off
-        tmp = f.gep(self.scratch, TMP_OFF)
-        bad = self.read_user(tmp, 8, f.add(m, off))
+        if isinstance(shape, V.SwissMap):
+            size = max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8
+        else:
+            size = max(shape.count_off, shape.buckets_off, shape.oldbuckets_off, shape.b_off) + 8
+        lvl = min(level, STAGE_LEVELS - 1)
+        hdr = f.gep(self.scratch, STAGE_OFF + lvl * STAGE_SIZE)
+        bad = self.read_user(hdr, size, m)
         no, yes = f.label("map_bad"), f.label("map_ok")
         f.cbr(bad, no, yes)
         f.block(no)
         self.put8(1)
         f.br(done)
         f.block(yes)
-        count = f.load(tmp)
-        if isinstance(shape, V.ClassicMap):
+        if isinstance(shape, V.SwissMap):
+            count = f.load(f.gep(hdr, shape.used_off))
+            dir_ptr, dir_len = f.load(f.gep(hdr, shape.dir_ptr_off)), f.load(f.gep(hdr, shape.dir_len_off))
+            small = f.icmp("eq", dir_len, 0)
+            first = dir_ptr
+        else:
+            count = f.load(f.gep(hdr, shape.count_off))
             count = f.select(f.icmp("slt", count, 0), 0, count)
-        self.put((8, 0), (64, count), (32, 0))
+            b, old = f.load(f.gep(hdr, shape.b_off), 8), f.load(f.gep(hdr, shape.oldbuckets_off))
+            small = f.op(f"and i1 {f.icmp('eq', b, 0)}, {f.icmp('eq', old, 0)}")
+            first = f.load(f.gep(hdr, shape.buckets_off))
+        self.put((8, 0), (64, count))
+        n_at = f.load(self.posp, volatile=True)
+        self.put32(0)
+        written = f.gep(self.scratch, MAPN_OFF + 8 * lvl)
+        f.store(written, 0)
+        walk, end = f.label("map_walk"), f.label("map_end")
+        if self.gen.defer:
+            large = f.label("map_large")
+            f.cbr(small, walk, large)
+            f.block(large)
+            self.defer(tid, p, 8, depth, start)
+            f.br(done)
+        else:
+            f.cbr(small, walk, end)
+        f.block(walk)
+        if isinstance(shape, V.SwissMap):
+            self._swiss_group(shape, first, written, level, depth)
+        else:
+            cur = f.gep(self.scratch, MAPN_OFF + 8 * STAGE_LEVELS)  # the bucket being walked
+            f.store(cur, first)
+
+            def bucket(_i: str) -> None:
+                b_addr = f.load(cur, volatile=True)
+                go, stop = f.label("bucket"), f.label("bucket_done")
+                f.cbr(f.icmp("ne", b_addr, 0), go, stop)
+                f.block(go)
+                self._classic_bucket(shape, b_addr, written, level, depth)
+                tmp = f.gep(self.scratch, TMP_OFF)
+                bad_o = self.read_user(tmp, 8, f.add(b_addr, shape.overflow_off))
+                f.store(cur, f.select(bad_o, 0, f.load(tmp)))
+                f.br(stop)
+                f.block(stop)
+
+            self.loop(MAX_SMALL_CHAIN, bucket)
+        f.br(end)
+        f.block(end)
+        at = f.and_(f.barrier(n_at), HALF - 1)
+        f.store(f.gep(self.scratch, at), f.load(written, volatile=True), 32)
         f.br(done)
         f.block(done)
+
+    def _entry(self, shape, key_addr: str, elem_addr: str, written: str, level: int, depth: int) -> None:
+        f = self.fn
+        room, full = f.label("entry"), f.label("entry_skip")
+        n = f.load(written, volatile=True)
+        f.cbr(f.icmp("ult", n, self.limits.map_entries), room, full)
+        f.block(room)
+        self.value_at(shape.key, key_addr, level + 1, depth)
+        self.value_at(shape.elem, elem_addr, level + 1, depth)
+        f.store(written, f.add(f.load(written, volatile=True), 1))
+        f.br(full)
+        f.block(full)
+
+    def _swiss_group(self, shape: V.SwissMap, group: str, written: str, level: int, depth: int) -> None:
+        f = self.fn
+        ctrl_p = f.gep(self.scratch, TMP_OFF + 32)
+        bad = self.read_user(ctrl_p, 8, f.add(group, shape.ctrl_off))
+        ok, skip = f.label("ctrl"), f.label("ctrl_bad")
+        f.cbr(bad, skip, ok)
+        f.block(ok)
+
+        def slot(i: str) -> None:
+            c = f.load(f.gep(ctrl_p, f.and_(f.barrier(i), 7)), 8)
+            full, empty = f.label("slot_full"), f.label("slot_next")
+            f.cbr(f.icmp("eq", f.and_(c, 0x80), 0), full, empty)
+            f.block(full)
+            s_addr = f.add(f.add(group, shape.slots_off), f.mul(i, shape.slot_size))
+            self._entry(shape, f.add(s_addr, shape.key_off), f.add(s_addr, shape.elem_off), written, level, depth)
+            f.br(empty)
+            f.block(empty)
+
+        self.loop(8, slot)
+        f.br(skip)
+        f.block(skip)
+
+    def _classic_bucket(self, shape: V.ClassicMap, b: str, written: str, level: int, depth: int) -> None:
+        f = self.fn
+        tops = f.gep(self.scratch, TMP_OFF + 32)
+        bad = self.read_user(tops, 8, f.add(b, shape.tophash_off))
+        ok, skip = f.label("tophash"), f.label("tophash_bad")
+        f.cbr(bad, skip, ok)
+        f.block(ok)
+
+        def slot(i: str) -> None:
+            t = f.load(f.gep(tops, f.and_(f.barrier(i), 7)), 8)
+            full, empty = f.label("slot_full"), f.label("slot_next")
+            f.cbr(f.icmp("uge", t, 5), full, empty)
+            f.block(full)
+            key = f.add(f.add(b, shape.keys_off), f.mul(i, shape.key_size))
+            elem = f.add(f.add(b, shape.elems_off), f.mul(i, shape.elem_size))
+            self._entry(shape, key, elem, written, level, depth)
+            f.br(empty)
+            f.block(empty)
+
+        self.loop(8, slot)
+        f.br(skip)
+        f.block(skip)
 
     def chan(self, shape: V.Chan, h: str, level: int, depth: int) -> None:
         f = self.fn
@@ -1259,8 +1441,26 @@ class _SiteProgram(_Program):
         f.br(done)
         f.block(done)
         pc = f.load(res)
+        start = f.load(self.posp, volatile=True)
         self.put((8, OK), (64, fv), (64, pc))
         end = f.label("closure_done")
+        if self.gen.defer and self.table.closures:
+            # A closure's captured variables: left to the interpreter (their layouts vary too much to inline).
+            is_closure = "false"
+            for c in self.table.closures:
+                is_closure = f.op(f"or i1 {is_closure}, {f.icmp('eq', pc, c.entry)}")
+            hit, plain = f.label("closure"), f.label("plain_func")
+            f.cbr(f.op(f"and i1 {is_closure}, {f.icmp('ne', fv, 0)}"), hit, plain)
+            f.block(hit)
+            fvp = f.gep(self.scratch, TMP_OFF + 40)
+            f.store(fvp, fv)
+            self.defer(self.func_tid, fvp, 8, depth, start)
+            f.br(end)
+            f.block(plain)
+            self.put32(UNKNOWN_TYPE)
+            f.br(end)
+            f.block(end)
+            return
         for c in self.table.closures[:16] if depth < self.limits.pointer_depth else ():
             hit, nxt = f.label("closure"), f.label("closure_next")
             f.cbr(f.op(f"and i1 {f.icmp('eq', pc, c.entry)}, {f.icmp('ne', fv, 0)}"), hit, nxt)
@@ -1288,15 +1488,34 @@ def _first_unreadable_piece(loc: E.Location) -> str | None:
     return None
 
 
-def _simple(table: V.TypeTable, tid: int, budget: int) -> bool:
+CANDIDATE_COST = 24  # shape nodes of one dynamic type's serialiser
+MAX_CANDIDATES = 64  # dynamic types dispatched per interface value
+DEFERRED_CANDIDATES = 4  # the same when other types can be left to the interpreter
+CHEAP_COUNT = 8  # snapshots: collections of more captured elements are left to the interpreter
+
+
+def _cost(table: V.TypeTable, tid: int, budget: int) -> int | None:
+    """Shape nodes needed to serialise *tid* without loops (collections), interfaces, maps, channels or deep
+    pointers; None if it has those (the verifier walks every candidate's code for every interface value)."""
     sh = table[tid].shape
-    if isinstance(sh, (V.Scalar, V.String)):
-        return True
+    if isinstance(sh, (V.Scalar, V.String, V.Func, V.Opaque)):
+        return 1
     if isinstance(sh, V.Struct):
-        return len(sh.fields) <= 8 and all(_simple(table, fl.type, budget) for fl in sh.fields)
+        total = 1
+        for fl in sh.fields:
+            c = _cost(table, fl.type, budget)
+            if c is None:
+                return None
+            total += c
+        return total
     if isinstance(sh, V.Pointer):
-        return sh.elem is None or (budget > 0 and _simple(table, sh.elem, budget - 1))
-    return False
+        if sh.elem is None:
+            return 1
+        if budget <= 0:
+            return None
+        c = _cost(table, sh.elem, budget - 1)
+        return None if c is None else 2 + c
+    return None
 
 
 def _mask_for(n: int) -> int:

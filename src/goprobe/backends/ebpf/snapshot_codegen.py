@@ -31,7 +31,8 @@ SLOT_ALLGS = G.SCRATCH_SIZE
 SLOT_PC, SLOT_SP, SLOT_BP, SLOT_DONE, SLOT_N, SLOT_LO, SLOT_HI, SLOT_TYPES = (SLOT_ALLGS + 8 * k
                                                                              for k in range(1, 9))
 SLOT_SBASE, SLOT_SEND, SLOT_BATCH = SLOT_TYPES + 8, SLOT_TYPES + 16, SLOT_TYPES + 24
-G_OFF = SLOT_BATCH + 8  # the goroutine's g, read whole
+SLOT_PLAN_PC, SLOT_PLAN_CFA = SLOT_BATCH + 8, SLOT_BATCH + 16
+G_OFF = SLOT_PLAN_CFA + 8  # the goroutine's g, read whole
 ALLGS_BATCH = 64  # g pointers read at once
 BATCH_OFF = G_OFF + 1024
 STACK_COPY = 1 << 14  # the used stack is copied in one read, up to this much (the rest is read as needed)
@@ -49,6 +50,7 @@ class SnapshotMapFds:
     rows: int
     seen: int
     pc_cache: int  # hash: lookup PC → its row (filled as frames are met; kept across runs)
+    fixups: int  # ring buffer: values left to the interpreter (event_codegen.defer)
 
 
 @attrs.frozen
@@ -120,6 +122,7 @@ class _SnapshotGenerator:
         self.module = Module(self.di)
         self.reasons: list[str] = []
         self._nodes = 0
+        self.defer = True
 
     def reason(self, text: str) -> int:
         if text not in self.reasons:
@@ -175,6 +178,7 @@ class _SnapshotProgram(_SiteProgram):
 
     def _function(self, name: str, params: list[tuple[str, str]], ret: str, local: bool) -> Function:
         dbg = self.gen.di.subprogram(name, params, ret, local=local)
+        self._last_subprogram = dbg
         text_params = ", ".join(f"{'ptr' if k == 'ptr' else k} %{p}" for p, k in params)
         return self.gen.module.function(name, "iter/task", params=text_params, ret=ret,
                                         linkage="internal " if local else "", dbg=dbg)
@@ -205,6 +209,7 @@ class _SnapshotProgram(_SiteProgram):
         return self.fn.load(self.slot(off), volatile=True)
 
     def emit(self) -> None:
+        self.emit_plans()
         self.emit_frame()
         self.emit_goroutine()
         self.emit_main()
@@ -310,6 +315,7 @@ class _SnapshotProgram(_SiteProgram):
         f.store(self.slot(SLOT_N), 0)
         head = f.gep(scratch, 0)
         f.store(head, gp)
+        f.store(f.gep(scratch, G.GP_OFF), gp)
         f.store(f.gep(head, 8), f.load(f.gep(g, gl.goid)))
         f.store(f.gep(head, 16), status, 32)
         f.store(f.gep(head, 20), f.load(f.gep(g, gl.waitreason), 8), 32)
@@ -326,6 +332,7 @@ class _SnapshotProgram(_SiteProgram):
     # -- one frame ---------------------------------------------------------------------------------------------
     def emit_frame(self) -> None:
         fn = self._function("per_frame", [("index", "i64"), ("state", "ptr")], "i64", True)
+        self.frame_subprogram = self._last_subprogram
         self._enter(fn, "%state")
         self.stack_copy = True
         f = self.fn
@@ -434,18 +441,59 @@ class _SnapshotProgram(_SiteProgram):
         f.br(f"{none}_end")
         f.block(f"{none}_end")
 
+    def frame_dictionary(self, fp, pc: str, cfa: str) -> None:
+        """Shaped generic code: where the frame keeps ``.dict`` (for values left to the interpreter)."""
+        f = self.fn
+        slot = f.gep(self.scratch, G.DICT_OFF)
+        f.store(slot, 0)
+        tmp = f.gep(self.scratch, TMP_OFF)
+        for r in fp.dictionary:
+            loc = r.location
+            if not (len(loc) == 1 and loc[0].kind == "cfa" and not loc[0].indirect):
+                continue
+            hit, nxt = f.label("dict"), f.label("dict_next")
+            f.cbr(f.op(f"and i1 {f.icmp('uge', pc, r.low)}, {f.icmp('ult', pc, r.high)}"), hit, nxt)
+            f.block(hit)
+            bad = self.read_user(tmp, 8, f.add(cfa, loc[0].offset))
+            f.store(slot, f.select(bad, 0, f.load(tmp)))
+            f.br(nxt)
+            f.block(nxt)
+
+    def emit_plans(self) -> None:
+        """One subprogram per frame plan with captures: each stays within BPF's jump range and is verified
+        at its one call site."""
+        self.plan_functions: dict[int, tuple[str, str]] = {}
+        for k, fp in enumerate(self.gen.plan.frames):
+            if not fp.captures:
+                continue
+            name = f"plan{k}"
+            fn = self._function(name, [("state", "ptr"), ("pc", "i64"), ("cfa", "i64")], "i64", True)
+            self._enter(fn, "%state")
+            self.stack_copy = True
+            # PC and CFA are reloaded (opaquely) for each capture: what the verifier learnt about the PC while
+            # choosing one capture's location range then dies with it, and the paths after converge.
+            self.fn.store(self.slot(SLOT_PLAN_PC), "%pc")
+            self.fn.store(self.slot(SLOT_PLAN_CFA), "%cfa")
+            self.frame_dictionary(fp, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
+            for label, cands in _group(fp.captures):
+                self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
+            self.fn.ret("0")
+            self.plan_functions[k] = (name, self._last_subprogram)
+
     def frame_captures(self, planset: str, pc: str, cfa: str) -> None:
         f = self.fn
         done = f.label("caps_done")
         for sid, members in enumerate(self.plan_sets):
-            if not members or not any(self.gen.plan.frames[k].captures for k in members):
+            calls = [k for k in members if k in self.plan_functions]
+            if not calls:
                 continue
             hit, nxt = f.label("set"), f.label("set_next")
             f.cbr(f.icmp("eq", planset, sid), hit, nxt)
             f.block(hit)
-            for k in members:
-                for label, cands in _group(self.gen.plan.frames[k].captures):
-                    self.capture_in_caller(label, cands, pc, cfa)
+            for k in calls:
+                name, _sp = self.plan_functions[k]
+                loc = self.gen.di.location(self.frame_subprogram)
+                f(f"call i64 @{name}(ptr %state, i64 {pc}, i64 {cfa}), !dbg {loc}")
             f.br(done)
             f.block(nxt)
         f.br(done)

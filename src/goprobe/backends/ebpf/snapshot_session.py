@@ -46,12 +46,15 @@ class EbpfSnapshotter:
                             limits.pointer_depth, None, None, False)
             self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
             self.pc_cache = self._own(sc.create_hash(8, S.ROW.size, 1 << 16, name="gp_pcs"))
-            maps = S.SnapshotMapFds(self.scratch.fd, self.events.fd, self.rows.fd, self.seen.fd, self.pc_cache.fd)
+            self.fixup_ring = self._own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
+            maps = S.SnapshotMapFds(self.scratch.fd, self.events.fd, self.rows.fd, self.seen.fd, self.pc_cache.fd,
+                                    self.fixup_ring.fd)
             self.generated = S.generate(plan, maps, len(rows), self.plan_sets, glim)
             obj = compile_to_object(self.generated.ir, name="snapshot")
             self.program = self._own(load_task_iterator(obj, name="snapshot", entry="snapshot"))
             self.link = self._own(link_task_iterator(self.program, tid=pid))
             self.ring = self._own(RingBuffer(self.events))
+            self.fixup_reader = self._own(RingBuffer(self.fixup_ring))
         except BaseException:
             self.close()
             raise
@@ -68,7 +71,27 @@ class EbpfSnapshotter:
         """The records of the last run, in allgs order."""
         return self.ring.consume()
 
-    def raw_snapshot(self, records: list[bytes], running: dict[int, RawGoroutine]) -> RawSnapshot:
+    def resolve_fixups(self, memory, limits) -> dict[int, list[tuple[int, int, bytes]]]:
+        """While the process is still paused: encode the values the program left to the interpreter
+        (interfaces of types it does not decode, large maps, type parameters) from the process's memory.
+        Returns, per g address, (capture length position, marker position, encoded bytes)."""
+        from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
+
+        out: dict[int, list[tuple[int, int, bytes]]] = {}
+        rt = RuntimeTypeInfo(self.plan.interfaces)
+        for raw in self.fixup_reader.consume():
+            gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
+            if tid >= len(self.plan.types.entries):
+                continue
+            enc = ValueEncoder(self.plan.types, memory, limits, rt)
+            enc.dictionary = dictionary
+            enc.begin_value()
+            enc.value_from_bytes(tid, data[:size], depth)
+            out.setdefault(gp, []).append((caplen, marker, bytes(enc.out)))
+        return out
+
+    def raw_snapshot(self, records: list[bytes], running: dict[int, RawGoroutine],
+                     fixups: dict[int, list[tuple[int, int, bytes]]] | None = None) -> RawSnapshot:
         """Records → the interpreter's raw snapshot; *running* replaces goroutines that were on a thread
         (their registers, not ``g.sched``, tell where they are: the interpreter unwinds those)."""
         plan, gen = self.plan, self.generated
@@ -80,6 +103,8 @@ class EbpfSnapshotter:
             except struct.error:
                 errors.append("a truncated goroutine record")
                 continue
+            if fixups and gp in fixups:
+                raw = _splice(raw, fixups[gp])
             if gp in running:
                 rg = running[gp]
             else:
@@ -114,6 +139,19 @@ class EbpfSnapshotter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _splice(raw: bytes, fixes: list[tuple[int, int, bytes]]) -> bytes:
+    """Put the interpreter's encodings in place of the 5-byte markers, from the last marker back (so earlier
+    positions stay valid), growing each enclosing capture's length field."""
+    buf = bytearray(raw)
+    for caplen, marker, data in sorted(fixes, key=lambda x: x[1], reverse=True):
+        if buf[marker:marker + 1] != bytes([G.DEFERRED]) or caplen + 4 > len(buf):
+            continue
+        buf[marker:marker + 5] = data
+        (n,) = _U32.unpack_from(buf, caplen)
+        _U32.pack_into(buf, caplen, n + len(data) - 5)
+    return bytes(buf)
 
 
 def _captures(raw: bytes, pos: int, slots, reasons) -> tuple[tuple[RawCapture, ...], int]:

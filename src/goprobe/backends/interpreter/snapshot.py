@@ -20,7 +20,7 @@ from goprobe.dwarf import expressions as E
 from goprobe.ir import values as V
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
 
-G_RUNNING = 2
+G_RUNNING, G_SYSCALL = 2, 3
 
 
 _U64 = struct.Struct("<Q")
@@ -366,7 +366,7 @@ def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits,
         if g is None:
             continue
         status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
-        if status != G_RUNNING:  # a thread's g0 (scheduler, idle) or a goroutine in a system call
+        if status not in (G_RUNNING, G_SYSCALL):  # e.g. a thread's g0 in the scheduler: not in allgs
             continue
         out[gp] = interp._goroutine(gp, g, status, by_thread)
     return out
