@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--spec", metavar="FILE", help="a request file (JSON or TOML, see docs/requests.md)")
     snap.add_argument("--filter", metavar="FUNC", help="only goroutines with FUNC on their stack")
     snap.add_argument("--core", nargs=2, metavar=("CORE", "BINARY"), help="snapshot an ELF core file instead")
+    snap.add_argument("--backend", choices=("auto", "ebpf", "interp"), default="auto",
+                      help="who reads the paused process: a generated eBPF program in the kernel, goprobe's "
+                           "interpreter, or auto (eBPF where permitted; says so when it falls back)")
     snap.add_argument("--json", action="store_true", help="print the JSON document (docs/snapshot-json.md)")
     snap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     ev = sub.add_parser(
@@ -172,7 +175,10 @@ def _snapshot(args: argparse.Namespace) -> int:
     if args.core:
         result = S.snapshot_core(args.core[0], args.core[1], functions, limits=limits, goroutine_filter=gfilter)
     else:
-        result = S.take_snapshot(args.pids, functions, limits=limits, goroutine_filter=gfilter)
+        result = S.take_snapshot(args.pids, functions, limits=limits, goroutine_filter=gfilter, backend=args.backend)
+        for proc in result["processes"]:
+            if proc.get("backend_note"):
+                print(f"goprobe: note: pid {proc['pid']}: {proc['backend_note']}", file=sys.stderr)
     text = json.dumps(result, indent=1, ensure_ascii=False) if args.json else S.render_text(result)
     if args.output:
         with open(args.output, "w") as fh:

@@ -47,6 +47,7 @@ CAPLEN_OFF = GP_OFF + 8
 DICT_OFF = CAPLEN_OFF + 8
 FIX_OFF = DICT_OFF + 8
 FIX_DATA = 48  # in-hand bytes a fix-up carries
+BY_ADDRESS = 0xFFFFFFFF  # a fix-up's size when it carries the value's address instead of its bytes
 FIXUP = struct.Struct("<QIIIIQQ48s")  # g, capture length pos, marker pos, type id, size, dictionary, depth, data
 SCRATCH_SIZE = FIX_OFF + FIXUP.size + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
 BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one value never writes 8 KiB at once
@@ -513,6 +514,7 @@ class _SiteProgram(_Program):
             self.put8(CAPTURE_UNAVAILABLE)
             self.put8(self.gen.reason(cap.missing or "not capturable"))
             return
+        self.capture_nodes = 0
         try:
             state = root(fail)
             if cap.path is not None and cap.path.steps:
@@ -903,6 +905,13 @@ class _SiteProgram(_Program):
         self._node()
         entry = self.table[tid]
         size = entry.size
+        if self.gen.defer and getattr(self, "capture_nodes", 0) > CAPTURE_NODES:
+            # Past this capture's code budget: the interpreter writes the value from its address.
+            self.capture_nodes += 1
+            hand = f.gep(self.scratch, TMP_OFF + 48)
+            f.store(hand, addr)
+            self.defer(tid, hand, BY_ADDRESS, depth, f.load(self.posp, volatile=True))
+            return
         if size == 0:
             self.ser_local(tid, f.gep(self.scratch, STAGE_OFF), level, depth)
             return
@@ -972,7 +981,9 @@ class _SiteProgram(_Program):
         self.put8(BUDGET_STATUS)
         f.br(done)
         f.block(fine)
-        if self.gen.defer and self._leave_to_interpreter(entry):
+        self.capture_nodes = getattr(self, "capture_nodes", 0) + 1
+        if self.gen.defer and (self._leave_to_interpreter(entry) or (
+                self.capture_nodes > CAPTURE_NODES and entry.size <= FIX_DATA)):
             # Collections with costly elements, channels and the like: in a snapshot the process is paused, so
             # goprobe's interpreter writes them from memory at once (the kernel code stays small to verify).
             self.defer(tid, p, entry.size, depth, f.load(self.posp, volatile=True))
@@ -1212,10 +1223,11 @@ class _SiteProgram(_Program):
         f.store(f.gep(fix, 8), f.load(f.gep(self.scratch, CAPLEN_OFF), volatile=True), 32)
         f.store(f.gep(fix, 12), marker, 32)
         f.store(f.gep(fix, 16), tid, 32)
-        f.store(f.gep(fix, 20), size, 32)
+        f.store(f.gep(fix, 20), size, 32)  # BY_ADDRESS: data holds the value's address
         f.store(f.gep(fix, 24), f.load(f.gep(self.scratch, DICT_OFF), volatile=True))
         f.store(f.gep(fix, 32), depth)
-        f.helper("probe_read_kernel", f"ptr {f.gep(fix, 40)}", f"i64 {min(size, FIX_DATA)}", f"ptr {p}")
+        f.helper("probe_read_kernel", f"ptr {f.gep(fix, 40)}", f"i64 {8 if size == BY_ADDRESS else min(size, FIX_DATA)}",
+                 f"ptr {p}")
         m = f.map_ptr(self.gen.maps.fixups)
         f.helper("ringbuf_output", f"ptr {m}", f"ptr {fix}", f"i64 {FIXUP.size}", "i64 0")
 
@@ -1491,6 +1503,7 @@ def _first_unreadable_piece(loc: E.Location) -> str | None:
 CANDIDATE_COST = 24  # shape nodes of one dynamic type's serialiser
 MAX_CANDIDATES = 64  # dynamic types dispatched per interface value
 DEFERRED_CANDIDATES = 4  # the same when other types can be left to the interpreter
+CAPTURE_NODES = 150  # snapshots: past this much code for one capture, the rest is left to the interpreter
 CHEAP_COUNT = 8  # snapshots: collections of more captured elements are left to the interpreter
 
 

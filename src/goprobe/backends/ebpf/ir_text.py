@@ -17,11 +17,13 @@ class Function:
     """One function's IR lines; values are ``i64`` unless said otherwise."""
 
     def __init__(self, module: Module, name: str, section: str, params: str = "ptr %ctx",
-                 ret: str = "i64", linkage: str = "", dbg: str = "") -> None:
+                 ret: str = "i64", linkage: str = "", dbg: str = "", noinline: bool = False) -> None:
         self.module = module
         self.name = name
         self.ret_type = ret
-        self.head = f"define {linkage}{ret} @{name}({params}) section \"{section}\"" + (f" !dbg {dbg}" if dbg else "")
+        # noinline: subprograms stay separate so each stays within BPF's 16-bit jump range
+        self.head = (f"define {linkage}{ret} @{name}({params}){' noinline' if noinline else ''} "
+                     f"section \"{section}\"" + (f" !dbg {dbg}" if dbg else ""))
         self.lines: list[str] = []
         self.allocas: list[str] = []
         self._n = 0

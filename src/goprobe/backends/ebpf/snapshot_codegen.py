@@ -105,8 +105,12 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
     return out_rows, plan_sets
 
 
-def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits) -> GeneratedSnapshot:
+def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits,
+             only: frozenset[int] | None = None) -> GeneratedSnapshot:
+    """The program; with *only*, it captures in frames of those plans only (a request too large for one
+    program is split into several, each verified on its own)."""
     gen = _SnapshotGenerator(plan, maps, limits)
+    gen.only = only
     return gen.run(n_rows, plan_sets)
 
 
@@ -181,7 +185,7 @@ class _SnapshotProgram(_SiteProgram):
         self._last_subprogram = dbg
         text_params = ", ".join(f"{'ptr' if k == 'ptr' else k} %{p}" for p, k in params)
         return self.gen.module.function(name, "iter/task", params=text_params, ret=ret,
-                                        linkage="internal " if local else "", dbg=dbg)
+                                        linkage="internal " if local else "", dbg=dbg, noinline=local)
 
     def _enter(self, fn: Function, state: str | None) -> str:
         """Common start of each function: the task (from the loop state) and the scratch area."""
@@ -460,25 +464,36 @@ class _SnapshotProgram(_SiteProgram):
             f.block(nxt)
 
     def emit_plans(self) -> None:
-        """One subprogram per frame plan with captures: each stays within BPF's jump range and is verified
-        at its one call site."""
+        """One subprogram per frame plan with captures, which calls one subprogram per capture: each stays
+        within BPF's jump range and is verified at its one call site."""
         self.plan_functions: dict[int, tuple[str, str]] = {}
         for k, fp in enumerate(self.gen.plan.frames):
-            if not fp.captures:
+            if not fp.captures or (self.gen.only is not None and k not in self.gen.only):
                 continue
+            captures = []
+            for j, (label, cands) in enumerate(_group(fp.captures)):
+                name = f"cap{k}_{j}"
+                fn = self._function(name, [("state", "ptr"), ("pc", "i64"), ("cfa", "i64")], "i64", True)
+                captures.append((name, self._last_subprogram))
+                self._enter(fn, "%state")
+                self.stack_copy = True
+                # PC and CFA come opaquely from scratch: what the verifier learns about the PC while choosing
+                # this capture's location range dies here instead of splitting the caller's paths.
+                self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
+                self.fn.ret("0")
             name = f"plan{k}"
             fn = self._function(name, [("state", "ptr"), ("pc", "i64"), ("cfa", "i64")], "i64", True)
+            sp = self._last_subprogram
             self._enter(fn, "%state")
             self.stack_copy = True
-            # PC and CFA are reloaded (opaquely) for each capture: what the verifier learnt about the PC while
-            # choosing one capture's location range then dies with it, and the paths after converge.
             self.fn.store(self.slot(SLOT_PLAN_PC), "%pc")
             self.fn.store(self.slot(SLOT_PLAN_CFA), "%cfa")
             self.frame_dictionary(fp, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
-            for label, cands in _group(fp.captures):
-                self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
+            for cap_name, _sp in captures:
+                loc = self.gen.di.location(sp)
+                self.fn(f"call i64 @{cap_name}(ptr %state, i64 %pc, i64 %cfa), !dbg {loc}")
             self.fn.ret("0")
-            self.plan_functions[k] = (name, self._last_subprogram)
+            self.plan_functions[k] = (name, sp)
 
     def frame_captures(self, planset: str, pc: str, cfa: str) -> None:
         f = self.fn

@@ -11,7 +11,8 @@ from goprobe.backends.ebpf import event_codegen as G
 from goprobe.backends.ebpf import snapshot_codegen as S
 from goprobe.backends.ebpf import syscall as sc
 from goprobe.backends.ebpf.iterator import link_task_iterator, load_task_iterator, run
-from goprobe.backends.ebpf.llvm_target import compile_to_object
+from goprobe.backends.ebpf.errors import VerifierError
+from goprobe.backends.ebpf.llvm_target import CodegenError, compile_to_object
 from goprobe.backends.ebpf.ringbuf import RingBuffer
 from goprobe.backends.interpreter.snapshot import RawCapture, RawFrame, RawGoroutine, RawSnapshot
 from goprobe.ir.snapshot import SnapshotPlan
@@ -28,103 +29,163 @@ def ring_size_for(goroutines: int, per_goroutine: int = 512) -> int:
     return min(size, 1 << 30)
 
 
+SHARD_CAPTURES = 60  # captures per program before a request is split (each part is verified on its own)
+
+
+class _Shard:
+    """One program of a snapshot: it walks every goroutine and captures in the frames of its plans."""
+
+    def __init__(self, owner: EbpfSnapshotter, plans: frozenset[int], glim, pid: int, ring_bytes: int) -> None:
+        own = owner._own
+        self.plans = plans
+        self.events = own(sc.create_ringbuf(ring_bytes, name="gp_snap"))
+        self.fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
+        maps = S.SnapshotMapFds(owner.scratch.fd, self.events.fd, owner.rows.fd, owner.seen.fd, owner.pc_cache.fd,
+                                self.fixup_ring.fd)
+        self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans)
+        obj = compile_to_object(self.generated.ir, name="snapshot")
+        self.program = own(load_task_iterator(obj, name="snapshot", entry="snapshot"))
+        self.link = own(link_task_iterator(self.program, tid=pid))
+        self.ring = own(RingBuffer(self.events))
+        self.fixup_reader = own(RingBuffer(self.fixup_ring))
+
+
 class EbpfSnapshotter:
-    """A loaded snapshot program for one process; :meth:`run` while the process is paused."""
+    """The loaded snapshot program(s) for one process; :meth:`run` while the process is paused."""
 
     def __init__(self, plan: SnapshotPlan, pid: int, limits, *, goroutines_hint: int = 10_000) -> None:
         self.plan = plan
         self._closables: list = []
         try:
             rows, self.plan_sets = S.unwind_rows(plan)
+            self.n_rows = len(rows)
             self.rows = self._own(sc.create_array(S.ROW.size, len(rows), name="gp_rows"))
             for i, row in enumerate(rows):
                 self.rows.update(_U32.pack(i), row)
             self.rows.freeze()
             self.scratch = self._own(sc.create_array(S.SCRATCH_SIZE, sc.possible_cpus(), name="gp_sscratch"))
-            self.events = self._own(sc.create_ringbuf(ring_size_for(goroutines_hint), name="gp_snap"))
-            glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
-                            limits.pointer_depth, None, None, False)
             self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
             self.pc_cache = self._own(sc.create_hash(8, S.ROW.size, 1 << 16, name="gp_pcs"))
-            self.fixup_ring = self._own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
-            maps = S.SnapshotMapFds(self.scratch.fd, self.events.fd, self.rows.fd, self.seen.fd, self.pc_cache.fd,
-                                    self.fixup_ring.fd)
-            self.generated = S.generate(plan, maps, len(rows), self.plan_sets, glim)
-            obj = compile_to_object(self.generated.ir, name="snapshot")
-            self.program = self._own(load_task_iterator(obj, name="snapshot", entry="snapshot"))
-            self.link = self._own(link_task_iterator(self.program, tid=pid))
-            self.ring = self._own(RingBuffer(self.events))
-            self.fixup_reader = self._own(RingBuffer(self.fixup_ring))
+            glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
+                            limits.pointer_depth, None, None, False)
+            ring = ring_size_for(goroutines_hint)
+            self.shards: list[_Shard] = []
+            for group in _groups(plan):
+                self._load(group, glim, pid, ring)
+            self.generated = self.shards[0].generated
+            self.program = self.shards[0].program
         except BaseException:
             self.close()
             raise
+
+    def _load(self, plans: list[int], glim, pid: int, ring: int) -> None:
+        """Load a program for *plans*; if the verifier or LLVM finds it too large, split it in two."""
+        try:
+            self.shards.append(_Shard(self, frozenset(plans), glim, pid, ring))
+        except (VerifierError, CodegenError) as exc:
+            too_big = isinstance(exc, CodegenError) or "too large" in str(exc) or "too complex" in str(exc)
+            if len(plans) <= 1 or not too_big:
+                raise
+            half = len(plans) // 2
+            self._load(plans[:half], glim, pid, ring)
+            self._load(plans[half:], glim, pid, ring)
 
     def _own(self, thing):
         self._closables.append(thing)
         return thing
 
     def run(self) -> None:
-        """Walk every goroutine now (the process must be paused); the records wait in the ring buffer."""
-        run(self.link)
+        """Walk every goroutine now (the process must be paused); the records wait in the ring buffers."""
+        for shard in self.shards:
+            run(shard.link)
 
-    def records(self) -> list[bytes]:
-        """The records of the last run, in allgs order."""
-        return self.ring.consume()
+    def records(self) -> list[list[bytes]]:
+        """The records of the last run, per program, in allgs order."""
+        return [shard.ring.consume() for shard in self.shards]
 
-    def resolve_fixups(self, memory, limits) -> dict[int, list[tuple[int, int, bytes]]]:
-        """While the process is still paused: encode the values the program left to the interpreter
-        (interfaces of types it does not decode, large maps, type parameters) from the process's memory.
-        Returns, per g address, (capture length position, marker position, encoded bytes)."""
+    def resolve_fixups(self, memory, limits) -> list[dict[int, list[tuple[int, int, bytes]]]]:
+        """While the process is still paused: encode the values the programs left to the interpreter
+        (interfaces of types they do not decode, maps, channels, type parameters...) from the process's
+        memory. Per program and g address: (capture length position, marker position, encoded bytes)."""
         from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 
-        out: dict[int, list[tuple[int, int, bytes]]] = {}
         rt = RuntimeTypeInfo(self.plan.interfaces)
-        for raw in self.fixup_reader.consume():
-            gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
-            if tid >= len(self.plan.types.entries):
-                continue
-            enc = ValueEncoder(self.plan.types, memory, limits, rt)
-            enc.dictionary = dictionary
-            enc.begin_value()
-            enc.value_from_bytes(tid, data[:size], depth)
-            out.setdefault(gp, []).append((caplen, marker, bytes(enc.out)))
-        return out
+        result = []
+        for shard in self.shards:
+            out: dict[int, list[tuple[int, int, bytes]]] = {}
+            for raw in shard.fixup_reader.consume():
+                gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
+                if tid >= len(self.plan.types.entries):
+                    continue
+                enc = ValueEncoder(self.plan.types, memory, limits, rt)
+                enc.dictionary = dictionary
+                enc.begin_value()
+                if size == G.BY_ADDRESS:
+                    enc.value_at(tid, int.from_bytes(data[:8], "little"), depth)
+                else:
+                    enc.value_from_bytes(tid, data[:size], depth)
+                out.setdefault(gp, []).append((caplen, marker, bytes(enc.out)))
+            result.append(out)
+        return result
 
-    def raw_snapshot(self, records: list[bytes], running: dict[int, RawGoroutine],
-                     fixups: dict[int, list[tuple[int, int, bytes]]] | None = None) -> RawSnapshot:
+    def raw_snapshot(self, records: list[list[bytes]], running: dict[int, RawGoroutine],
+                     fixups: list[dict[int, list[tuple[int, int, bytes]]]] | None = None) -> RawSnapshot:
         """Records → the interpreter's raw snapshot; *running* replaces goroutines that were on a thread
         (their registers, not ``g.sched``, tell where they are: the interpreter unwinds those)."""
-        plan, gen = self.plan, self.generated
+        plan = self.plan
+        errors: list[str] = []
+        parsed = [self._parse(shard, recs, (fixups or [{}] * len(self.shards))[i], errors)
+                  for i, (shard, recs) in enumerate(zip(self.shards, records))]
+        others = [{rec[0]: rec[5] for rec in part} for part in parsed[1:]]
         out = []
-        errors = []
+        for gp, goid, status, wait, truncated, frames in parsed[0]:
+            if gp in running:
+                rg = running[gp]
+            else:
+                merged = []
+                for i, (pc, sp, hits) in enumerate(frames):
+                    hits = dict(hits)
+                    for other in others:  # the same frames, with the captures of the other programs' plans
+                        more = other.get(gp)
+                        if more is not None and i < len(more):
+                            hits.update(more[i][2])
+                    ordered = sorted(hits.values(), key=lambda h: h[3])
+                    merged.append(RawFrame(pc, sp, False, tuple((fn, inl, caps) for fn, inl, caps, _r in ordered)))
+                rg = RawGoroutine(goid, status, wait, None, tuple(merged), bool(truncated))
+            if plan.goroutine_filter is not None and not any(
+                    lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in plan.goroutine_filter):
+                continue
+            out.append(rg)
+        return RawSnapshot(tuple(out), tuple(errors))
+
+    def _parse(self, shard: _Shard, records: list[bytes], fixups, errors: list[str]):
+        """(gp, goid, status, wait reason, truncated, frames) per record; frames are (pc, sp, {plan index:
+        (function, inlined, captures)}) in the order of the frame's plan set."""
+        plan, gen = self.plan, shard.generated
+        out = []
         for raw in records:
             try:
                 gp, goid, status, wait, nframes, truncated = S.GOROUTINE_HEADER.unpack_from(raw, 0)
             except struct.error:
                 errors.append("a truncated goroutine record")
                 continue
-            if fixups and gp in fixups:
+            if gp in fixups:
                 raw = _splice(raw, fixups[gp])
-            if gp in running:
-                rg = running[gp]
-            else:
-                pos = S.GOROUTINE_HEADER.size
-                frames = []
-                for _ in range(nframes):
-                    pc, sp, planset = S.FRAME_HEADER.unpack_from(raw, pos)
-                    pos += S.FRAME_HEADER.size
-                    hits = []
-                    for k in gen.plan_sets[planset] if planset < len(gen.plan_sets) else ():
-                        fp = plan.frames[k]
-                        caps, pos = _captures(raw, pos, gen.slots[k], gen.reasons)
-                        hits.append((fp.function, fp.inlined, caps))
-                    frames.append(RawFrame(pc, sp, False, tuple(hits)))
-                rg = RawGoroutine(goid, status, wait, None, tuple(frames), bool(truncated))
-            if plan.goroutine_filter is not None and not any(
-                    lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in plan.goroutine_filter):
-                continue
-            out.append(rg)
-        return RawSnapshot(tuple(out), tuple(errors))
+            pos = S.GOROUTINE_HEADER.size
+            frames = []
+            for _ in range(nframes):
+                pc, sp, planset = S.FRAME_HEADER.unpack_from(raw, pos)
+                pos += S.FRAME_HEADER.size
+                hits = {}
+                for rank, k in enumerate(gen.plan_sets[planset] if planset < len(gen.plan_sets) else ()):
+                    fp = plan.frames[k]
+                    if fp.captures and k not in shard.plans:
+                        continue  # another program captures these
+                    caps, pos = _captures(raw, pos, gen.slots[k], gen.reasons) if fp.captures else ((), pos)
+                    hits[k] = (fp.function, fp.inlined, caps, rank)
+                frames.append((pc, sp, hits))
+            out.append((gp, goid, status, wait, truncated, frames))
+        return out
 
     def close(self) -> None:
         for thing in reversed(self._closables):
@@ -139,6 +200,21 @@ class EbpfSnapshotter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _groups(plan: SnapshotPlan) -> list[list[int]]:
+    """Frame plans with captures in groups of about SHARD_CAPTURES captures (one program each)."""
+    groups: list[list[int]] = [[]]
+    count = 0
+    for k, fp in enumerate(plan.frames):
+        if not fp.captures:
+            continue
+        if groups[-1] and count + len(fp.captures) > SHARD_CAPTURES:
+            groups.append([])
+            count = 0
+        groups[-1].append(k)
+        count += len(fp.captures)
+    return groups
 
 
 def _splice(raw: bytes, fixes: list[tuple[int, int, bytes]]) -> bytes:

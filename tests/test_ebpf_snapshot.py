@@ -1,0 +1,84 @@
+"""Snapshots through the eBPF backend: in the same pause, the kernel program and goprobe's interpreter must
+produce the same document (every fixture, Go release and build mode); the backend choice in the API and CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import build_fixture
+from ebpf_support import no_leaked_kernel_fds, requires_bpf  # noqa: F401 (autouse fixture)
+from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter
+from goprobe.backends.interpreter.snapshot import run_snapshot, running_goroutines
+from goprobe.dwarf.binary import GoBinary
+from goprobe.errors import GoprobeError
+from goprobe.ir.snapshot import rebase
+from goprobe.process import pause
+from goprobe.snapshot import _as_request, compile_request, decode_snapshot, load_bias, take_snapshot
+from goprobe.testing.fixture_process import running
+
+pytestmark = requires_bpf
+
+
+def _kinds_request(b: GoBinary, truth) -> dict[str, list[str]]:
+    """Every variable the fixture reports that this build kept: all Go kinds, in many frames."""
+    request: dict[str, list[str]] = {}
+    for v in truth["variables"]:
+        names = {x.name for fn in b.functions(v["func"]) for x in fn.variables} | {
+            x.name for _c, call in b.inlined_copies(v["func"].replace("[...]", "")) for x in call.variables}
+        if v["name"] in names and v["name"] not in request.setdefault(v["func"], []):
+            request[v["func"]].append(v["name"])
+    return request
+
+
+def _both_in_one_pause(binary, args=(), request_of=lambda b, truth: {}):
+    """(eBPF document, interpreter document) of one pause of the fixture."""
+    with GoBinary(binary, use_cache=False) as b, running(binary, args) as proc:
+        req = _as_request(request_of(b, proc.truth), None, None)
+        plan = rebase(compile_request(b, req), load_bias(b, proc.pid))
+        with EbpfSnapshotter(plan, proc.pid, req.limits) as snapper:
+            with pause(proc.pid) as paused:
+                snapper.run()
+                running_now = running_goroutines(plan, paused.memory, paused.threads, req.limits)
+                fixups = snapper.resolve_fixups(paused.memory, req.limits)
+                raw_interp = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+            raw_ebpf = snapper.raw_snapshot(snapper.records(), running_now, fixups)
+        ebpf = decode_snapshot(raw_ebpf, plan, b, pid=proc.pid)
+        interp = decode_snapshot(raw_interp, plan, b, pid=proc.pid)
+    return ebpf, interp
+
+
+def test_kinds_snapshot_equals_the_interpreters_in_the_same_pause(go_version, build_mode):
+    ebpf, interp = _both_in_one_pause(build_fixture("kinds", go_version, build_mode), request_of=_kinds_request)
+    assert ebpf == interp
+    captured = [v for g in ebpf["goroutines"] for f in g["frames"] for v in f.get("variables", {}).values()]
+    assert len(captured) >= 60
+
+
+def test_goroutine_stacks_equal_the_interpreters_in_the_same_pause(go_version, build_mode):
+    ebpf, interp = _both_in_one_pause(build_fixture("goroutines", go_version, build_mode), ["-n", "300"])
+    assert ebpf == interp
+    assert len(ebpf["goroutines"]) > 300
+
+
+def test_backend_choice_in_api_and_cli(newest_version):
+    binary = build_fixture("kinds", newest_version, "debug")
+    with running(binary) as proc:
+        doc = take_snapshot([proc.pid], {"main.pointers": ["*pp", "a.Next.Name"]}, backend="ebpf")["processes"][0]
+        assert doc["backend"] == "ebpf" and doc["pause_ns"] > 0
+        frame = next(f for g in doc["goroutines"] for f in g["frames"] if f["function"] == "main.pointers")
+        want = {v["name"]: v["value"] for v in proc.truth["variables"] if v["func"] == "main.pointers"}
+        assert frame["variables"]["a.Next.Name"] == want["a"]["value"]["Next"]["value"]["Name"]
+        with pytest.raises(GoprobeError, match="unknown backend"):
+            take_snapshot([proc.pid], {}, backend="gpu")
+        out = subprocess.run([sys.executable, "-m", "goprobe.cli", "snapshot", str(proc.pid), "--backend", "auto",
+                              "-c", "main.pointers:*pp", "--json"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        (cli_doc,) = json.loads(out.stdout)["processes"]
+        assert cli_doc["backend"] == "ebpf"
+        cli_frame = next(f for g in cli_doc["goroutines"] for f in g["frames"] if f["function"] == "main.pointers")
+        assert cli_frame["variables"]["*pp"] == frame["variables"]["*pp"]
