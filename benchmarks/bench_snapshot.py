@@ -1,5 +1,5 @@
 """Snapshot pause and total time against the number of goroutines, beside the latency of
-/debug/pprof/goroutine?debug=2 on the same process (interpreter backend).
+/debug/pprof/goroutine?debug=2 on the same process, for the eBPF and the interpreter backends.
 
 Each target parks N goroutines three frames deep (idleA → idleB → idle), and the snapshot captures one
 local in each of the three frames. Figures are medians of --runs, measured side by side in one run.
@@ -32,30 +32,36 @@ def main() -> int:
     args = ap.parse_args()
     # -N -l keeps each frame's local on its stack, so every capture is a real read.
     binary = build(HERE / "goroutines_pprof", args.go, "debug", name="goroutines_pprof")
-    print(f"Go {args.go}, interpreter backend, {args.runs} runs each (medians)")
-    print(f"{'goroutines':>10} {'pause ms':>10} {'total ms':>10} {'stacks-only pause ms':>21} "
-          f"{'pprof debug=2 ms':>17} {'captured':>9}")
+    print(f"Go {args.go}, {args.runs} runs each (medians); pause = the process is stopped; total = the call")
+    print(f"{'goroutines':>10} {'eBPF pause':>11} {'eBPF total':>11} {'interp pause':>13} {'interp total':>13} "
+          f"{'stacks-only pause':>18} {'pprof debug=2':>14} {'captured':>9}   (ms)")
     for n in (int(x) for x in args.counts.split(",")):
         proc = subprocess.Popen([str(binary), "-n", str(n)], stdout=subprocess.PIPE, text=True)
         try:
             line = proc.stdout.readline().split()
             url = f"http://{line[1]}/debug/pprof/goroutine?debug=2"
-            pauses, totals, pprofs, bare = [], [], [], []
+            pauses, totals, pprofs, bare, epauses, etotals = [], [], [], [], [], []
             captured = 0
             for _ in range(args.runs):
                 t = time.perf_counter()
-                snap = take_snapshot([proc.pid], CAPTURES)["processes"][0]
+                snap = take_snapshot([proc.pid], CAPTURES, backend="ebpf")["processes"][0]
+                etotals.append(time.perf_counter() - t)
+                epauses.append(snap["pause_ns"] / 1e9)
+                ecaptured = sum(len(f.get("variables", {})) for g in snap["goroutines"] for f in g["frames"])
+                t = time.perf_counter()
+                snap = take_snapshot([proc.pid], CAPTURES, backend="interp")["processes"][0]
                 totals.append(time.perf_counter() - t)
                 pauses.append(snap["pause_ns"] / 1e9)
                 captured = sum(len(f.get("variables", {})) for g in snap["goroutines"] for f in g["frames"])
-                bare.append(take_snapshot([proc.pid], {})["processes"][0]["pause_ns"] / 1e9)
+                assert captured == ecaptured, (captured, ecaptured)
+                bare.append(take_snapshot([proc.pid], {}, backend="interp")["processes"][0]["pause_ns"] / 1e9)
                 t = time.perf_counter()
                 with urllib.request.urlopen(url, timeout=300) as r:
                     r.read()
                 pprofs.append(time.perf_counter() - t)
             med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
-            print(f"{n:>10} {med(pauses):>10.1f} {med(totals):>10.1f} {med(bare):>21.1f} {med(pprofs):>17.1f} "
-                  f"{captured:>9}")
+            print(f"{n:>10} {med(epauses):>11.1f} {med(etotals):>11.1f} {med(pauses):>13.1f} {med(totals):>13.1f} "
+                  f"{med(bare):>18.1f} {med(pprofs):>14.1f} {captured:>9}")
         finally:
             proc.kill()
             proc.wait()

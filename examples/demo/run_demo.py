@@ -1,6 +1,6 @@
 """``make demo``: build the bundled demo Go service, start it, run goprobe on it, stop it.
 
-goprobe's main job: a snapshot of the running service — every goroutine's stack, grouped, with values
+goprobe's main jobs: a snapshot of the running service — every goroutine's stack, grouped, with values
 captured in the frames of the functions a user cares about — after a short look at what the binary exposes.
 """
 
@@ -40,6 +40,12 @@ def main() -> int:
                 "-c", "main.(*Server).handle:req.ID,req.Path,req.Headers,len(s.conns),s.cfg",
                 "-c", "main.(*Worker).run:w.ID,w.Done,w.Current",
                 "-c", "main.(*CacheHandler).Serve:key,len(c.entries)")
+        # Dynamic events: each call of the cache handler, then each return of the request handler with its
+        # result and duration, for a few seconds (eBPF uprobes; conditions run in the kernel).
+        goprobe("events", str(service.pid), "--probe", "main.(*CacheHandler).Serve(req.ID, req.Path)",
+                "--duration", "2", "--max", "5")
+        goprobe("events", str(service.pid), "--probe", "main.(*Server).handle(req.ID, req.Path)", "--return",
+                "--when", "req.ID > 0", "--duration", "2", "--max", "5")
     finally:
         service.send_signal(signal.SIGTERM)
         try:

@@ -179,7 +179,8 @@ class EventStream:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                self.session.poll(pending.append, min(0.2, left) if left is not None else 0.2)
+                # Records wake the reader only in batches: poll often enough that a trickle still flows.
+                self.session.poll(pending.append, min(0.05, left) if left is not None else 0.05)
                 for ev in self._decode(pending):
                     yield ev
                 pending.clear()

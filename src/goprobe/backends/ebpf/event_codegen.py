@@ -60,6 +60,9 @@ HEADER_SIZE = 48  # u32 site, u32 flags, u64 goid, u64 pid_tgid, u64 ts_ns, u64 
 FLAG_DURATION = 1
 CAPTURE_VALUE, CAPTURE_UNAVAILABLE = 0, 1
 
+RB_NO_WAKEUP, RB_FORCE_WAKEUP = 1, 2
+WAKEUP_BYTES = 256 * 1024  # unread bytes in the ring before a record wakes the reader
+
 # counters: one array entry per site, these u64 fields
 COUNTERS = ("hits", "filtered", "delivered", "dropped_full", "dropped_max", "dropped_rate")
 COUNTER_SIZE = 8 * len(COUNTERS)
@@ -195,12 +198,14 @@ class _Program:
         r = f.helper("probe_read_user", f"ptr {dst}", f"i64 {size}", f"i64 {addr}")
         return f.icmp("ne", r, 0)
 
-    def goid_and_stack_hi(self) -> tuple[str, str]:
+    def goid_and_stack_hi(self, want_hi: bool = True) -> tuple[str, str]:
         f, gl = self.fn, self.gen.plan.goroutines
         g = self.reg(R14)
         tmp = f.gep(self.scratch, TMP_OFF)
         bad = self.read_user(tmp, 8, f.add(g, gl.goid))
         goid = f.select(bad, 0, f.load(tmp))
+        if not want_hi:
+            return goid, "0"
         bad2 = self.read_user(tmp, 8, f.add(g, gl.stack_hi))
         hi = f.select(bad2, 0, f.load(tmp))
         return goid, hi
@@ -261,8 +266,7 @@ class _SiteProgram(_Program):
         self.reasonp = f.gep(scratch, REASON_OFF)
         self.counter(counters, "hits")
         self.cfa = f.add(self.reg(site.cfa[0]), site.cfa[1]) if site.cfa[0] in PT_REGS else None
-        self.types_base = self._types_base() if self._needs_types_base() else "0"
-
+        self.types_base = "0"
         if site.condition is not None:
             yes, no = f.label("cond_true"), f.label("cond_false")
             self.condition(site.condition, yes, no)
@@ -281,8 +285,9 @@ class _SiteProgram(_Program):
         now = f.helper("ktime_get_ns")
         if self.limits.rate_limit_per_s is not None:
             self.rate_limit(counters, now, out)
-
-        goid, hi = self.goid_and_stack_hi()
+        if self._needs_types_base():
+            self.types_base = self._types_base()
+        goid, hi = self.goid_and_stack_hi(self.gen.plan.kind == "return" and bool(self.gen.plan.entry_pcs))
         duration = "0"
         flags = 0
         if self.gen.plan.kind == "return" and self.gen.plan.entry_pcs:
@@ -313,7 +318,11 @@ class _SiteProgram(_Program):
 
         length = f.and_(f.barrier(f.load(self.posp, volatile=True)), HALF - 1)
         m = f.map_ptr(maps.events)
-        r = f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", "i64 0")
+        # Wake the reader only once a batch has piled up: a wake-up per event would cost the target more than
+        # the probe itself (the reader also polls on a short timeout).
+        avail = f.helper("ringbuf_query", f"ptr {m}", "i64 0")
+        wake = f.select(f.icmp("ugt", avail, WAKEUP_BYTES), RB_FORCE_WAKEUP, RB_NO_WAKEUP)
+        r = f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", f"i64 {wake}")
         full, sent = f.label("full"), f.label("sent")
         f.cbr(f.icmp("ne", r, 0), full, sent)
         f.block(full)
@@ -337,8 +346,27 @@ class _SiteProgram(_Program):
         return list(out.values())
 
     def _needs_types_base(self) -> bool:
-        return any(isinstance(e.shape, V.Interface) for e in self.table.entries) or any(
-            isinstance(s, A.TypeAssertStep) for c in self._all_captures() if c.path for s in c.path.steps)
+        """Whether a captured value can hold an interface (or a path asserts a type): only then is
+        ``moduledata.types`` worth a read on every hit."""
+        if any(isinstance(s, A.TypeAssertStep) for c in self._all_captures() if c.path for s in c.path.steps):
+            return True
+        seen: set[int] = set()
+        todo = [c.type for c in self._all_captures() if c.type is not None]
+        while todo:
+            tid = todo.pop()
+            if tid in seen:
+                continue
+            seen.add(tid)
+            sh = self.table[tid].shape
+            if isinstance(sh, V.Interface):
+                return True
+            for name in ("elem", "key", "shape"):
+                nxt = getattr(sh, name, None)
+                if isinstance(nxt, int):
+                    todo.append(nxt)
+            if isinstance(sh, V.Struct):
+                todo.extend(fl.type for fl in sh.fields)
+        return False
 
     def _all_captures(self):
         yield from self.site.captures
