@@ -29,6 +29,8 @@ test: toolchains
 bench: $(STAMP)
 	$(PY) benchmarks/bench_dwarf.py
 	$(PY) benchmarks/bench_snapshot.py
+	$(PY) benchmarks/bench_events.py
+	$(PY) benchmarks/bench_decoder.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
