@@ -321,7 +321,9 @@ class _SiteProgram(_Program):
         # Wake the reader only once a batch has piled up: a wake-up per event would cost the target more than
         # the probe itself (the reader also polls on a short timeout).
         avail = f.helper("ringbuf_query", f"ptr {m}", "i64 0")
-        wake = f.select(f.icmp("ugt", avail, WAKEUP_BYTES), RB_FORCE_WAKEUP, RB_NO_WAKEUP)
+        after = f.add(avail, f.add(length, 8))
+        crossed = f.icmp("ne", f.and_(avail, -WAKEUP_BYTES), f.and_(after, -WAKEUP_BYTES))
+        wake = f.select(crossed, RB_FORCE_WAKEUP, RB_NO_WAKEUP)  # once per WAKEUP_BYTES written
         r = f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", f"i64 {wake}")
         full, sent = f.label("full"), f.label("sent")
         f.cbr(f.icmp("ne", r, 0), full, sent)
