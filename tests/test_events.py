@@ -65,6 +65,7 @@ def test_entry_events_equal_the_call_log(calls):
         assert v["n"] == rec["n"] and v["tags"] == rec["tags"] and v["len(tags)"] == len(rec["tags"])
         if rec["i"] % 3 == 2:  # the fixture links the previous request
             assert v["req.Next"]["ID"] == prev["id"] and v["req.Next"]["Path"] == prev["path"]
+            assert v["req.Next"]["Meta"] == {"i": prev["i"]}  # a small map, walked in the kernel
         else:
             assert v["req.Next"] is None
         assert ev["pid"] == calls.pid and ev["goid"] >= 1 and ev["ts_ns"] > 0

@@ -1370,46 +1370,41 @@ class _SiteProgram(_Program):
 
     def _swiss_group(self, shape: V.SwissMap, group: str, written: str, level: int, depth: int) -> None:
         f = self.fn
-        ctrl_p = f.gep(self.scratch, TMP_OFF + 32)
-        bad = self.read_user(ctrl_p, 8, f.add(group, shape.ctrl_off))
-        ok, skip = f.label("ctrl"), f.label("ctrl_bad")
-        f.cbr(bad, skip, ok)
-        f.block(ok)
 
-        def slot(i: str) -> None:
-            c = f.load(f.gep(ctrl_p, f.and_(f.barrier(i), 7)), 8)
-            full, empty = f.label("slot_full"), f.label("slot_next")
-            f.cbr(f.icmp("eq", f.and_(c, 0x80), 0), full, empty)
-            f.block(full)
+        def slot(i: str, c: str) -> tuple[str, str, str]:  # a control byte with the high bit clear: full
             s_addr = f.add(f.add(group, shape.slots_off), f.mul(i, shape.slot_size))
-            self._entry(shape, f.add(s_addr, shape.key_off), f.add(s_addr, shape.elem_off), written, level, depth)
-            f.br(empty)
-            f.block(empty)
+            return f.icmp("eq", f.and_(c, 0x80), 0), f.add(s_addr, shape.key_off), f.add(s_addr, shape.elem_off)
 
-        self.loop(8, slot)
-        f.br(skip)
-        f.block(skip)
+        self._eight_slots(shape, f.add(group, shape.ctrl_off), slot, written, level, depth)
 
     def _classic_bucket(self, shape: V.ClassicMap, b: str, written: str, level: int, depth: int) -> None:
         f = self.fn
-        tops = f.gep(self.scratch, TMP_OFF + 32)
-        bad = self.read_user(tops, 8, f.add(b, shape.tophash_off))
-        ok, skip = f.label("tophash"), f.label("tophash_bad")
+
+        def slot(i: str, t: str) -> tuple[str, str, str]:  # tophash 0..4: empty or evacuated
+            return (f.icmp("uge", t, 5), f.add(f.add(b, shape.keys_off), f.mul(i, shape.key_size)),
+                    f.add(f.add(b, shape.elems_off), f.mul(i, shape.elem_size)))
+
+        self._eight_slots(shape, f.add(b, shape.tophash_off), slot, written, level, depth)
+
+    def _eight_slots(self, shape, marks_addr: str, slot, written: str, level: int, depth: int) -> None:
+        """A swiss group or a classic bucket: 8 mark bytes at *marks_addr*, then the entries they mark live."""
+        f = self.fn
+        marks = f.gep(self.scratch, TMP_OFF + 32)
+        bad = self.read_user(marks, 8, marks_addr)
+        ok, skip = f.label("marks"), f.label("marks_bad")
         f.cbr(bad, skip, ok)
         f.block(ok)
 
-        def slot(i: str) -> None:
-            t = f.load(f.gep(tops, f.and_(f.barrier(i), 7)), 8)
+        def one(i: str) -> None:
+            live, key, elem = slot(i, f.load(f.gep(marks, f.and_(f.barrier(i), 7)), 8))
             full, empty = f.label("slot_full"), f.label("slot_next")
-            f.cbr(f.icmp("uge", t, 5), full, empty)
+            f.cbr(live, full, empty)
             f.block(full)
-            key = f.add(f.add(b, shape.keys_off), f.mul(i, shape.key_size))
-            elem = f.add(f.add(b, shape.elems_off), f.mul(i, shape.elem_size))
             self._entry(shape, key, elem, written, level, depth)
             f.br(empty)
             f.block(empty)
 
-        self.loop(8, slot)
+        self.loop(8, one)
         f.br(skip)
         f.block(skip)
 
