@@ -420,6 +420,21 @@ def _module_paths(b: GoBinary) -> list[str]:
     return out
 
 
+def captured_count(length: int, elem_size: int, collection_bytes: int, min_elements: int) -> int:
+    """How many elements of a collection a backend captures: the byte budget, but at least min_elements."""
+    by_bytes = collection_bytes // elem_size if elem_size else length
+    return max(0, min(length, max(min_elements, by_bytes)))
+
+
+def header_size(shape: SwissMap | ClassicMap | Chan) -> int:
+    """Bytes of a map header or an hchan a backend reads at once: every field it uses."""
+    if isinstance(shape, SwissMap):
+        return max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8
+    if isinstance(shape, ClassicMap):
+        return max(shape.count_off, shape.b_off, shape.buckets_off, shape.oldbuckets_off) + 8
+    return max(shape.sendq_first_off, shape.recvq_first_off, shape.closed_off) + 8
+
+
 def user_packages(b: GoBinary) -> list[str]:
     """``main`` and the packages of the main module: the program's own code."""
     mods = _module_paths(b)

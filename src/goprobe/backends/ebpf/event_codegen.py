@@ -972,9 +972,20 @@ class _SiteProgram(_Program):
             self.put8(BUDGET_STATUS)
 
     def _count(self, length: int, elem_size: int) -> int:
-        lim = self.limits
-        by_bytes = lim.collection_bytes // elem_size if elem_size else length
-        return max(0, min(length, max(lim.min_elements, by_bytes)))
+        return V.captured_count(length, elem_size, self.limits.collection_bytes, self.limits.min_elements)
+
+    def _read_header(self, shape, addr: str, level: int, done: str) -> str:
+        """Read a map header or an hchan into the level's staging buffer; unreadable: status 1 and *done*."""
+        f = self.fn
+        stage = f.gep(self.scratch, STAGE_OFF + min(level, STAGE_LEVELS - 1) * STAGE_SIZE)
+        bad = self.read_user(stage, V.header_size(shape), addr)
+        no, yes = f.label("header_bad"), f.label("header_ok")
+        f.cbr(bad, no, yes)
+        f.block(no)
+        self.put8(1)
+        f.br(done)
+        f.block(yes)
+        return stage
 
     def loop(self, bound: int | str, body, max_bound: int | None = None) -> None:
         """for i in range(bound): body(i) — *bound* a constant, or a value at most *max_bound*."""
@@ -1291,19 +1302,8 @@ class _SiteProgram(_Program):
         some = f.label("map_some")
         f.cbr(f.icmp("eq", m, 0), done, some)
         f.block(some)
-        if isinstance(shape, V.SwissMap):
-            size = max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8
-        else:
-            size = max(shape.count_off, shape.buckets_off, shape.oldbuckets_off, shape.b_off) + 8
         lvl = min(level, STAGE_LEVELS - 1)
-        hdr = f.gep(self.scratch, STAGE_OFF + lvl * STAGE_SIZE)
-        bad = self.read_user(hdr, size, m)
-        no, yes = f.label("map_bad"), f.label("map_ok")
-        f.cbr(bad, no, yes)
-        f.block(no)
-        self.put8(1)
-        f.br(done)
-        f.block(yes)
+        hdr = self._read_header(shape, m, level, done)
         if isinstance(shape, V.SwissMap):
             count = f.load(f.gep(hdr, shape.used_off))
             dir_ptr, dir_len = f.load(f.gep(hdr, shape.dir_ptr_off)), f.load(f.gep(hdr, shape.dir_len_off))
@@ -1414,16 +1414,7 @@ class _SiteProgram(_Program):
         done, some = f.label("chan_done"), f.label("chan_some")
         f.cbr(f.icmp("eq", h, 0), done, some)
         f.block(some)
-        size = max(shape.sendq_first_off, shape.recvq_first_off, shape.closed_off) + 8
-        lvl = min(level, STAGE_LEVELS - 1)
-        stage = f.gep(self.scratch, STAGE_OFF + lvl * STAGE_SIZE)
-        bad = self.read_user(stage, size, h)
-        no, yes = f.label("chan_bad"), f.label("chan_ok")
-        f.cbr(bad, no, yes)
-        f.block(no)
-        self.put8(1)
-        f.br(done)
-        f.block(yes)
+        stage = self._read_header(shape, h, level, done)
         qcount, cap = f.load(f.gep(stage, shape.qcount_off)), f.load(f.gep(stage, shape.dataqsiz_off))
         buf, recvx = f.load(f.gep(stage, shape.buf_off)), f.load(f.gep(stage, shape.recvx_off))
         closed = f.load(f.gep(stage, shape.closed_off), 32)

@@ -12,6 +12,7 @@ says which frame plans cover its PCs (a *plan set*), so a frame finds its captur
 
 from __future__ import annotations
 
+import bisect
 import struct
 
 import attrs
@@ -74,16 +75,10 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
     for lo, hi in plan.stops:
         points[lo] = points[hi] = None
     starts = sorted(points)
-    # The rule in force at each point.
-    rules: dict[int, tuple[int, int]] = {}
-    for lo, hi, rows in plan.unwind:
-        for i, (pc, reg, off) in enumerate(rows):
-            end = rows[i + 1][0] if i + 1 < len(rows) else hi
-            rules[pc] = (reg, off, end)
     out_rows: list[bytes] = []
     sets: dict[tuple[int, ...], int] = {(): 0}
-    import bisect
-
+    # Frame plans in the order the interpreter lists a frame's hits (by where their code starts).
+    order = sorted(range(len(plan.frames)), key=lambda k: min(lo for lo, _hi in plan.frames[k].ranges))
     unwind_lo = [lo for lo, _h, _r in plan.unwind]
     for pc in starts:
         rule = None
@@ -95,8 +90,7 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
                 if j >= 0:
                     rule = rows[j][1:]
         stop = any(lo <= pc < hi for lo, hi in plan.stops)
-        members = tuple(k for k, fp in sorted(enumerate(plan.frames), key=lambda x: min(r[0] for r in x[1].ranges))
-                        if any(lo <= pc < hi for lo, hi in fp.ranges))
+        members = tuple(k for k in order if any(lo <= pc < hi for lo, hi in plan.frames[k].ranges))
         sid = sets.setdefault(members, len(sets))
         flags = (ROW_HAS_RULE if rule is not None else 0) | (ROW_STOP if stop else 0)
         reg, off = rule if rule is not None else (0xFF, 0)

@@ -155,8 +155,7 @@ class ValueEncoder:
 
     def _count(self, length: int, elem_size: int) -> int:
         """How many elements of a collection to capture: the byte budget, but at least min_elements."""
-        by_bytes = self.limits.collection_bytes // elem_size if elem_size else length
-        return max(0, min(length, max(self.limits.min_elements, by_bytes)))
+        return V.captured_count(length, elem_size, self.limits.collection_bytes, self.limits.min_elements)
 
     def _string(self, data: bytes) -> None:
         ptr, length = struct.unpack_from("<QQ", data)
@@ -275,7 +274,7 @@ class ValueEncoder:
         out += _U64.pack(hchan)
         if hchan == 0:
             return
-        hdr = self.mem.read(hchan, max(shape.sendq_first_off, shape.recvq_first_off, shape.closed_off) + 8)
+        hdr = self.mem.read(hchan, V.header_size(shape))
         if hdr is None:
             out.append(1)  # header unreadable
             return
@@ -310,9 +309,7 @@ class ValueEncoder:
             yield from self._classic_slots(shape, m, header)
 
     def map_header(self, shape: V.SwissMap | V.ClassicMap, m: int) -> bytes | None:
-        if isinstance(shape, V.SwissMap):
-            return self.mem.read(m, max(shape.used_off, shape.dir_ptr_off, shape.dir_len_off) + 8)
-        return self.mem.read(m, max(shape.count_off, shape.buckets_off, shape.oldbuckets_off) + 8)
+        return self.mem.read(m, V.header_size(shape))
 
     def _swiss_slots(self, shape: V.SwissMap, m: int, hdr: bytes):
         dir_ptr = _U64.unpack_from(hdr, shape.dir_ptr_off)[0]
