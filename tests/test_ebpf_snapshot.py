@@ -12,7 +12,7 @@ import pytest
 
 from conftest import build_fixture
 from ebpf_support import no_leaked_kernel_fds, requires_bpf  # noqa: F401 (autouse fixture)
-from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter
+from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter, find_trigger
 from goprobe.backends.interpreter.snapshot import run_snapshot, running_goroutines
 from goprobe.dwarf.binary import GoBinary
 from goprobe.errors import GoprobeError
@@ -35,14 +35,18 @@ def _kinds_request(b: GoBinary, truth) -> dict[str, list[str]]:
     return request
 
 
-def _both_in_one_pause(binary, args=(), request_of=lambda b, truth: {}):
-    """(eBPF document, interpreter document) of one pause of the fixture."""
+def _both_in_one_pause(binary, args=(), request_of=lambda b, truth: {}, trigger="uprobe"):
+    """(eBPF document, interpreter document) of one pause of the fixture. *trigger*: the program runs inside
+    the target (a stepped thread hits its uprobe) or from a task iterator."""
     with GoBinary(binary, use_cache=False) as b, running(binary, args) as proc:
         req = _as_request(request_of(b, proc.truth), None, None)
-        plan = rebase(compile_request(b, req), load_bias(b, proc.pid))
-        with EbpfSnapshotter(plan, proc.pid, req.limits) as snapper:
+        bias = load_bias(b, proc.pid)
+        plan = rebase(compile_request(b, req), bias)
+        where = find_trigger(b, f"/proc/{proc.pid}/exe", bias) if trigger == "uprobe" else None
+        assert (where is not None) == (trigger == "uprobe")
+        with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
             with pause(proc.pid) as paused:
-                snapper.run()
+                snapper.run(paused)
                 running_now = running_goroutines(plan, paused.memory, paused.threads, req.limits)
                 fixups = snapper.resolve_fixups(paused.memory, req.limits)
                 raw_interp = run_snapshot(plan, paused.memory, paused.threads, req.limits)
@@ -57,6 +61,13 @@ def test_kinds_snapshot_equals_the_interpreters_in_the_same_pause(go_version, bu
     assert ebpf == interp
     captured = [v for g in ebpf["goroutines"] for f in g["frames"] for v in f.get("variables", {}).values()]
     assert len(captured) >= 60
+
+
+def test_task_iterator_trigger_gives_the_same_snapshot(newest_version):
+    ebpf, interp = _both_in_one_pause(build_fixture("kinds", newest_version, "opt"),
+                                      request_of=_kinds_request, trigger="iterator")
+    assert ebpf == interp
+    assert sum(len(f.get("variables", {})) for g in ebpf["goroutines"] for f in g["frames"]) >= 40
 
 
 def test_goroutine_stacks_equal_the_interpreters_in_the_same_pause(go_version, build_mode):
@@ -82,3 +93,38 @@ def test_backend_choice_in_api_and_cli(newest_version):
         assert cli_doc["backend"] == "ebpf"
         cli_frame = next(f for g in cli_doc["goroutines"] for f in g["frames"] if f["function"] == "main.pointers")
         assert cli_frame["variables"]["*pp"] == frame["variables"]["*pp"]
+
+
+def test_stepping_a_thread_for_the_trigger_leaves_the_program_unchanged(newest_version, tmp_path):
+    """Each in-target snapshot single-steps one stopped thread through the trigger instruction and puts its
+    registers back: a program computing hard meanwhile (a thread is caught mid-loop, or in a system call)
+    must give the same results, and the trigger's original instruction byte is back afterwards."""
+    import threading
+
+    from ebpf_support import Fixture
+
+    binary = build_fixture("calls", newest_version, "opt")
+    log = tmp_path / "calls.jsonl"
+    with running(binary, env={"GOPROBE_CALL_LOG": str(log)}) as proc, GoBinary(binary) as b:
+        fx = Fixture(proc, log)
+        assert fx.command("call 5") == "done 5"
+        before = [r["ret"] for r in fx.log()]
+        trigger = find_trigger(b, f"/proc/{fx.pid}/exe", load_bias(b, fx.pid))
+        original = fx.peek(trigger.address)
+        answers: list[str] = []
+        spinner = threading.Thread(target=lambda: answers.append(fx.command("spin 4", timeout=60)))
+        spinner.start()
+        docs = []
+        while spinner.is_alive() or len(docs) < 3:
+            docs.append(take_snapshot([fx.pid], {"main.handle": ["n", "name"]}, backend="ebpf")["processes"][0])
+        spinner.join()
+        assert answers and answers[0].startswith("done ") and int(answers[0].split()[1]) > 0
+        assert all(d["backend"] == "ebpf" for d in docs)
+        assert any(f["function"] in ("main.handle", "main.spin") for d in docs for g in d["goroutines"]
+                   for f in g["frames"])
+        assert fx.command("call 5") == "done 5"
+        assert [r["ret"] for r in fx.log()[len(before):]] == before
+        assert fx.peek(trigger.address) == original
+        with open(f"/proc/{fx.pid}/status") as fh:
+            status = fh.read()
+        assert "TracerPid:\t0" in status and "State:\tt" not in status

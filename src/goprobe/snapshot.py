@@ -140,6 +140,7 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
                     if backend == "ebpf":
                         raise
                     used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
+            _warm_up(pid, plan)
             if plan.frames:
                 with pause(pid) as paused:
                     raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
@@ -159,23 +160,39 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     return {"processes": out}
 
 
-def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int) -> dict[str, Any]:
+def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
+                   trigger_kind: str = "uprobe") -> dict[str, Any]:
     """One process through the eBPF backend: load the program, pause, run it (and unwind the goroutines that
     are on a thread from their registers), resume, decode."""
-    from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter
+    from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter, find_trigger
     from goprobe.backends.interpreter.snapshot import PlanIndex, running_goroutines
-    from goprobe.process import pause
+    from goprobe.process import run_paused
 
     hint = _allglen(pid, plan.goroutines.allglen)
     index = PlanIndex(plan)
-    with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint) as snapper:
-        with pause(pid) as paused:
-            snapper.run()
+    _warm_up(pid, plan)
+    trigger = find_trigger(b, f"/proc/{pid}/exe", bias) if trigger_kind == "uprobe" else None
+    with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint, trigger=trigger) as snapper:
+        def while_paused(paused):
+            snapper.run(paused)
             running = running_goroutines(plan, paused.memory, paused.threads, req.limits, index)
-            fixups = snapper.resolve_fixups(paused.memory, req.limits)
+            return running, snapper.resolve_fixups(paused.memory, req.limits)
+
+        (running, fixups), pause_ns = run_paused(pid, while_paused)
         # The records wait in the ring buffer: taking them out need not keep the process stopped.
         raw = snapper.raw_snapshot(snapper.records(), running, fixups)
-    return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
+    return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=pause_ns, bias=bias), req)
+
+
+def _warm_up(pid: int, plan: SnapshotPlan) -> None:
+    """Read the target once before pausing it: the first read through cffi sets up its types and costs
+    milliseconds, which would otherwise land inside the pause."""
+    from goprobe.backends.interpreter import values  # noqa: F401 - imported now rather than while paused
+    from goprobe.process import ProcessMemory
+
+    memory = ProcessMemory(pid)
+    memory.read_many([(plan.goroutines.allglen, 8)])
+    memory.read(plan.goroutines.allglen, 8)
 
 
 def _allglen(pid: int, addr: int) -> int:

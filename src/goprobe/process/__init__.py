@@ -9,9 +9,10 @@ from goprobe.errors import (
 )
 from goprobe.process.core import CoreFile
 from goprobe.process.memory import Memory, ProcessMemory, TestMemory
-from goprobe.process.ptrace import PausedProcess, ThreadState, pause
+from goprobe.process.ptrace import PausedProcess, ThreadState, pause, run_paused
 
 __all__ = [
     "CoreFile", "CoreFileError", "Memory", "PausedProcess", "ProcessError", "ProcessExitedError", "ProcessMemory",
     "ProcessNotFoundError", "ProcessPermissionError", "TestMemory", "ThreadState", "pause",
+    "run_paused",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import signal
 import threading
 import time
@@ -219,14 +220,48 @@ class _Timeout(Exception):
     pass
 
 
+_TRAP_FLAG = 0x100  # EFLAGS.TF
+
+
+class _Job:
+    """A call made on the tracer thread (ptrace requests are only accepted from the tracing thread)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class _ResumeSignal:
+    """``set()`` asks the tracer thread to resume the process (after the jobs queued before it)."""
+
+    def __init__(self, jobs: queue.SimpleQueue) -> None:
+        self._jobs = jobs
+
+    def set(self) -> None:
+        self._jobs.put(None)
+
+
 class _Tracer:
     """Owns the ptrace relationship; every ptrace call of one pause happens on its thread."""
 
-    def __init__(self, pid: int, timeout: float) -> None:
+    def __init__(self, pid: int, timeout: float, body=None) -> None:
         self.pid = pid
         self.timeout = timeout
+        self.body = body  # run_paused: called on this thread while stopped; its result or exception is kept
+        self.result = None
         self.stopped = threading.Event()  # set when the threads are stopped (or stopping failed)
-        self.resume = threading.Event()  # set by the owner to resume
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # work while paused; None: resume
+        self.resume = _ResumeSignal(self.jobs)  # set by the owner to resume
         self.error: BaseException | None = None
         self.threads: list[ThreadState] = []
         self.seized: set[int] = set()
@@ -249,8 +284,17 @@ class _Tracer:
                 self._detach_all()
                 return
             finally:
-                self.stopped.set()
-            self.resume.wait()
+                if self.body is None:
+                    self.stopped.set()
+            if self.body is not None:
+                try:
+                    self.result = self.body(_PausedView(self))
+                except BaseException as exc:  # noqa: BLE001 - handed to the owner after the detach
+                    self.error = exc
+                self._detach_all()
+                return
+            while (job := self.jobs.get()) is not None:
+                job.run()
             self._detach_all()
         finally:
             # Returning ends the thread: the kernel detaches (and wakes) anything still traced.
@@ -337,6 +381,68 @@ class _Tracer:
             delay = min(delay * 2 or 20e-6, 1e-3)
             time.sleep(delay)
 
+    def step_through(self, addr: int) -> int:
+        """Make one stopped thread execute the single instruction at *addr* and stop again, its registers
+        restored after; returns the thread id. A uprobe on *addr* then runs its program in the target's own
+        context (its memory read directly) while every other thread stays stopped."""
+        # Prefer a thread in an interrupt stop (no signal of its own to hand back), the main thread first.
+        for tid in sorted(self.signals, key=lambda t: (self.signals[t] != 0, t != self.pid, t)):
+            saved = _libc.ffi.new("struct user_regs_struct *")
+            r, err = _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, saved)
+            if r == -1:
+                continue  # killed while stopped: try another thread
+            regs = _libc.ffi.new("struct user_regs_struct *", saved[0])
+            regs.rip = addr
+            regs.orig_rax = (1 << 64) - 1  # no system call to restart when this step resumes the thread
+            regs.eflags &= ~_TRAP_FLAG
+            try:
+                if _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, regs)[0] == -1:
+                    continue
+                self._step(tid, addr)
+                return tid
+            finally:
+                _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, saved)
+        self.died = True
+        raise ProcessExitedError(f"pid {self.pid} has no thread left to run the snapshot program on")
+
+    def _step(self, tid: int, addr: int) -> None:
+        for _attempt in range(4):
+            r, err = _libc.ptrace(_libc.PTRACE_SINGLESTEP, tid, 0, 0)
+            if r == -1:
+                raise ProcessError(f"PTRACE_SINGLESTEP of thread {tid} of pid {self.pid} failed: "
+                                   f"{os.strerror(err)}")
+            status = self._wait_one(tid)
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event == 0 and sig == signal.SIGTRAP:
+                regs = _libc.ffi.new("struct user_regs_struct *")
+                _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, regs)
+                if regs.rip != addr:
+                    return
+                continue  # stopped before the instruction ran (a trap of its own): step again
+            if event == 0 and self.signals.get(tid) == 0:
+                self.signals[tid] = sig  # a signal came due first: the program gets it when resumed
+                continue
+            if event != 0:
+                continue  # an interrupt or group stop: step again
+            raise ProcessError(f"thread {tid} of pid {self.pid} kept receiving signals; the snapshot program "
+                               "did not run")
+        raise ProcessError(f"thread {tid} of pid {self.pid} did not run the snapshot program's instruction")
+
+    def _wait_one(self, tid: int) -> int:
+        """The stop status of *tid* after a single step. The wait blocks: a step always ends in a stop or in
+        the thread's death, and polling would add its sleep to the pause."""
+        while True:
+            r, status, err = _libc.waitpid(tid, _libc.WALL)
+            if r == tid:
+                if not os.WIFSTOPPED(status):
+                    self.seized.discard(tid)
+                    self.signals.pop(tid, None)
+                    self.died = not self.signals
+                    raise ProcessExitedError(f"pid {self.pid}: thread {tid} exited during the snapshot")
+                return status
+            if r == -1 and err != errno.EINTR:
+                raise ProcessError(f"waiting for thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
+
     def _detach_all(self) -> None:
         gone = 0
         # Seized threads not yet seen stopped (error paths only) fail with ESRCH while running; our thread's
@@ -399,6 +505,24 @@ class PausedProcess:
         """True once :meth:`resume` ran (the threads run again, or the process died)."""
         return self._done
 
+    def step_through(self, addr: int) -> int:
+        """Run the one instruction at *addr* on a stopped thread (its registers are put back after), so that a
+        uprobe there runs its BPF program in the target's context; the process stays paused. Returns the
+        thread id. Raises :class:`ProcessError` (or :class:`ProcessExitedError`) if that cannot be done."""
+        if self._done:
+            raise ProcessError(f"pid {self.pid} is no longer paused")
+        t = self._tracer
+        if threading.current_thread() is t.thread:
+            return t.step_through(addr)
+        job = _Job(lambda: t.step_through(addr))
+        t.jobs.put(job)
+        while not job.done.wait(0.5):
+            if not t.thread.is_alive():
+                raise ProcessError(f"the tracer of pid {self.pid} ended; the process was released")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
     def resume(self) -> None:
         """Resume every thread (idempotent); raises :class:`ProcessExitedError` if the process died meanwhile."""
         if self._done:
@@ -416,6 +540,52 @@ class PausedProcess:
         # Only the detach results count: a process may well exit right after it was resumed.
         if t.died:
             raise ProcessExitedError(f"pid {self.pid} exited while paused (killed?); nothing was left traced")
+
+
+class _PausedView:
+    """What a :func:`run_paused` body sees: ``pid``, ``threads``, ``memory`` and :meth:`step_through`, as on a
+    :class:`PausedProcess` (the body runs on the tracer thread itself)."""
+
+    def __init__(self, tracer: _Tracer) -> None:
+        self._tracer = tracer
+        self.pid = tracer.pid
+        self.threads: list[ThreadState] = tracer.threads
+        self.memory = ProcessMemory(tracer.pid)
+        self.stop_ns: int = tracer.stop_ns
+
+    def step_through(self, addr: int) -> int:
+        return self._tracer.step_through(addr)
+
+
+def run_paused(pid: int, body, *, timeout: float = 2.0):
+    """Stop every thread of *pid*, call ``body(paused)``, resume; returns ``(result, pause_ns)``.
+
+    Like ``with pause(pid) as paused: body(paused)``, but the body runs on the thread that stopped the process,
+    so no hand-over between threads adds to the pause. SIGINT/SIGTERM wait until the process runs again.
+    Raises what :func:`pause` raises, or what the body raised (after the process was resumed).
+    """
+    _check_target(pid)
+    guard = _SignalGuard()
+    guard.install()
+    tracer = _Tracer(pid, timeout, body)
+    try:
+        tracer.thread.start()
+        tracer.thread.join()
+    finally:
+        if tracer.thread.is_alive():  # interrupted while joining: the body and the detach still finish
+            tracer.thread.join()
+        guard.restore_and_deliver()
+    err = tracer.error
+    if err is not None:
+        if isinstance(err, _Timeout):
+            tids = ", ".join(map(str, err.args[0]))
+            raise ProcessError(
+                f"pid {pid}: thread(s) {tids} did not stop within {timeout} s (stuck in uninterruptible "
+                "kernel work such as disk or NFS I/O?); every thread was released; retry or raise timeout")
+        raise err
+    if tracer.died:
+        raise ProcessExitedError(f"pid {pid} exited while paused (killed?); nothing was left traced")
+    return tracer.result, tracer.pause_ns
 
 
 def pause(pid: int, *, timeout: float = 2.0) -> PausedProcess:

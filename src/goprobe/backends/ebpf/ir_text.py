@@ -138,6 +138,11 @@ class Function:
         v = self.op(f"call i64 @llvm.bpf.pseudo(i64 1, i64 {fd})")
         return self.op(f"inttoptr i64 {v} to ptr")
 
+    def map_value(self, fd: int) -> str:
+        """The address of an array map's value 0 (a direct load: no lookup, never null)."""
+        v = self.op(f"call i64 @llvm.bpf.pseudo(i64 2, i64 {fd})")
+        return self.op(f"inttoptr i64 {v} to ptr")
+
     def to_ptr(self, value: str) -> str:
         return self.op(f"inttoptr i64 {value} to ptr")
 

@@ -44,6 +44,7 @@ HELPERS: dict[str, int] = {
     "ringbuf_submit": 132,
     "ringbuf_discard": 133,
     "ringbuf_query": 134,
+    "copy_from_user": 148,
     "get_current_task_btf": 158,
     "get_func_ip": 173,
     "task_pt_regs": 175,

@@ -1,8 +1,14 @@
-"""Lowers a snapshot plan (``goprobe.ir.snapshot.SnapshotPlan``) to one BPF task-iterator program.
+"""Lowers a snapshot plan (``goprobe.ir.snapshot.SnapshotPlan``) to one BPF program.
 
 Run on demand against a paused process, it walks ``runtime.allgs`` and, per goroutine, unwinds the stack
-with the plan's CFA table and captures the requested variables of matching frames — reading the target's
-memory with ``bpf_copy_from_user_task``. One ring-buffer record per goroutine; the layout is documented in
+with the plan's CFA table and captures the requested variables of matching frames. Two triggers:
+
+- ``uprobe`` (preferred): a sleepable uprobe program that one stopped thread of the target runs when it is
+  single-stepped through the probed instruction, so it reads the target's memory in the target's own context
+  with ``bpf_copy_from_user`` (a fraction of the cost of a cross-process read);
+- ``iterator``: a sleepable task iterator run from goprobe's context, reading with ``bpf_copy_from_user_task``.
+
+One ring-buffer record per goroutine; the layout is documented in
 ``docs/event-record.md`` (section "snapshot records"). Goroutines and frames are ``bpf_loop`` callbacks, so the
 verifier checks each body once whatever the number of goroutines.
 
@@ -40,6 +46,10 @@ STACK_COPY = 1 << 14  # the used stack is copied in one read, up to this much (t
 STACK_OFF = BATCH_OFF + 8 * ALLGS_BATCH
 SCRATCH_SIZE = STACK_OFF + 2 * STACK_COPY
 
+PC_CACHE_BITS = 16  # the PC cache's slots: 2**16 entries of (pc, row)
+PC_CACHE_ENTRY = 8 + ROW.size
+PC_HASH = 0x9E3779B97F4A7C15 - (1 << 64)  # Fibonacci hashing (as a signed i64 constant for LLVM)
+
 GOROUTINE_HEADER = struct.Struct("<QQIIII")  # g address, goid, status, wait reason, frames, truncated
 FRAME_HEADER = struct.Struct("<QQI")  # pc, sp, plan set
 
@@ -50,8 +60,14 @@ class SnapshotMapFds:
     events: int
     rows: int
     seen: int
-    pc_cache: int  # hash: lookup PC → its row (filled as frames are met; kept across runs)
+    pc_cache: int  # array, direct-mapped: (lookup PC, its row) per slot (filled as frames are met; kept across runs)
     fixups: int  # ring buffer: values left to the interpreter (event_codegen.defer)
+    arm: int = -1  # uprobe trigger: array of u64; [0] the armed run number, [1 + shard] the last run done
+
+
+TRIGGERS = ("uprobe", "iterator")
+SECTIONS = {"uprobe": "uprobe.s", "iterator": "iter/task"}
+ARM_SLOTS = 64
 
 
 @attrs.frozen
@@ -100,11 +116,16 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
 
 
 def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits,
-             only: frozenset[int] | None = None) -> GeneratedSnapshot:
+             only: frozenset[int] | None = None, *, trigger: str = "uprobe", shard: int = 0) -> GeneratedSnapshot:
     """The program; with *only*, it captures in frames of those plans only (a request too large for one
-    program is split into several, each verified on its own)."""
+    program is split into several, each verified on its own). *trigger*: see the module's docstring; a
+    ``uprobe`` program runs only while ``arm[0]`` is non-zero and then stores it in ``arm[1 + shard]``."""
+    if trigger not in TRIGGERS:
+        raise ValueError(f"unknown snapshot trigger {trigger!r}; use one of {TRIGGERS}")
     gen = _SnapshotGenerator(plan, maps, limits)
     gen.only = only
+    gen.trigger = trigger
+    gen.shard = min(shard, ARM_SLOTS - 2)
     return gen.run(n_rows, plan_sets)
 
 
@@ -121,6 +142,8 @@ class _SnapshotGenerator:
         self.reasons: list[str] = []
         self._nodes = 0
         self.defer = True
+        self.trigger = "uprobe"
+        self.shard = 0
 
     def reason(self, text: str) -> int:
         if text not in self.reasons:
@@ -149,14 +172,29 @@ class _SnapshotProgram(_SiteProgram):
         self.cfa = None
         self.stack_copy = False
 
-    # Reads go through bpf_copy_from_user_task (the program runs in goprobe's context, not the target's), which
-    # costs about a microsecond; reads inside the goroutine's stack come from the copy made once per goroutine.
+    # Reads inside the goroutine's stack come from the copy made once per goroutine; others go to the target's
+    # memory: in its own context (uprobe trigger) or across processes (iterator, about a microsecond a read).
+    def _remote_read(self, dst: str, size: int | str, addr: str) -> str:
+        f = self.fn
+        if self.gen.trigger == "uprobe":
+            # bpf_probe_read_user costs a fraction of bpf_copy_from_user, but fails on a page not present
+            # (swapped out, never touched): only then does the faulting copy run.
+            res = f.shared_alloca("remote_result", "i64")
+            f.store(res, f.helper("probe_read_user", f"ptr {dst}", f"i64 {size}", f"i64 {addr}"))
+            slow, done = f.label("fault_in"), f.label("read_in")
+            f.cbr(f.icmp("ne", f.load(res), 0), slow, done)
+            f.block(slow)
+            f.store(res, f.helper("copy_from_user", f"ptr {dst}", f"i64 {size}", f"i64 {addr}"))
+            f.br(done)
+            f.block(done)
+            return f.load(res)
+        return f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}",
+                        "i64 0")
+
     def read_user(self, dst: str, size: int | str, addr: str) -> str:
         f = self.fn
         if not self.stack_copy:
-            r = f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}",
-                         "i64 0")
-            return f.icmp("ne", r, 0)
+            return f.icmp("ne", self._remote_read(dst, size, addr), 0)
         res = f.shared_alloca("read_result", "i64")
         base, end = self.vload(SLOT_SBASE), self.vload(SLOT_SEND)
         inside = f.op(f"and i1 {f.icmp('uge', addr, base)}, {f.icmp('ule', f.add(addr, size), end)}")
@@ -164,12 +202,14 @@ class _SnapshotProgram(_SiteProgram):
         f.cbr(inside, local, remote)
         f.block(local)
         src = f.gep(f.gep(self.scratch, STACK_OFF), f.and_(f.barrier(f.sub(addr, base)), STACK_COPY - 1))
-        r1 = f.helper("probe_read_kernel", f"ptr {dst}", f"i64 {size}", f"ptr {src}")
-        f.store(res, r1)
+        if size == 8:  # a word (return address, saved frame pointer, most values): a plain load, no helper
+            f.store(dst, f.load(src))
+            f.store(res, 0)
+        else:
+            f.store(res, f.helper("probe_read_kernel", f"ptr {dst}", f"i64 {size}", f"ptr {src}"))
         f.br(done)
         f.block(remote)
-        r2 = f.helper("copy_from_user_task", f"ptr {dst}", f"i64 {size}", f"i64 {addr}", f"ptr {self.task}", "i64 0")
-        f.store(res, r2)
+        f.store(res, self._remote_read(dst, size, addr))
         f.br(done)
         f.block(done)
         return f.icmp("ne", f.load(res), 0)
@@ -178,7 +218,7 @@ class _SnapshotProgram(_SiteProgram):
         dbg = self.gen.di.subprogram(name, params, ret, local=local)
         self._last_subprogram = dbg
         text_params = ", ".join(f"{'ptr' if k == 'ptr' else k} %{p}" for p, k in params)
-        return self.gen.module.function(name, "iter/task", params=text_params, ret=ret,
+        return self.gen.module.function(name, SECTIONS[self.gen.trigger], params=text_params, ret=ret,
                                         linkage="internal " if local else "", dbg=dbg, noinline=local)
 
     def _enter(self, fn: Function, state: str | None) -> str:
@@ -187,13 +227,8 @@ class _SnapshotProgram(_SiteProgram):
         self.types_base = "0"
         if state is not None:
             self.task = f.op(f"load ptr, ptr {state}")
-        cpu = f.helper("get_smp_processor_id")
-        scratch = self.lookup(self.gen.maps.scratch, cpu)
-        ok, out = f.label("ok"), f.label("out")
-        f.cbr(f.op(f"icmp eq ptr {scratch}, null"), out, ok)
-        f.block(out)
-        f.ret("1")
-        f.block(ok)
+        # One scratch value for the program (one run at a time), addressed directly: no lookup per callback.
+        scratch = f.map_value(self.gen.maps.scratch)
         self.scratch = scratch
         self.posp = f.gep(scratch, G.POS_OFF)
         self.reasonp = f.gep(scratch, G.REASON_OFF)
@@ -217,17 +252,23 @@ class _SnapshotProgram(_SiteProgram):
         f = self._function("snapshot", [("ctx", "ptr")], "i32", False)
         self.fn = f
         state = f.alloca("[2 x i64]")
-        meta_task = f.op(f"load ptr, ptr {f.gep('%ctx', 8)}")
         have, out = f.label("task"), f.label("done")
-        f.cbr(f.op(f"icmp eq ptr {meta_task}, null"), out, have)
-        f.block(have)
-        f(f"store ptr {meta_task}, ptr {state}")
-        self.task = meta_task
-        cpu = f.helper("get_smp_processor_id")
-        scratch = self.lookup(self.gen.maps.scratch, cpu)
-        ok = f.label("ok")
-        f.cbr(f.op(f"icmp eq ptr {scratch}, null"), out, ok)
-        f.block(ok)
+        if self.gen.trigger == "uprobe":
+            # Only the run goprobe armed (the probed instruction is cold code, but never trust that), once.
+            arm = f.map_value(self.gen.maps.arm)
+            armed = f.load(arm, volatile=True)
+            f.cbr(f.icmp("eq", armed, 0), out, have)
+            f.block(have)
+            f.store(f.gep(arm, 8 * (1 + self.gen.shard)), armed)
+            f(f"store ptr null, ptr {state}")
+            self.task = "null"
+        else:
+            meta_task = f.op(f"load ptr, ptr {f.gep('%ctx', 8)}")
+            f.cbr(f.op(f"icmp eq ptr {meta_task}, null"), out, have)
+            f.block(have)
+            f(f"store ptr {meta_task}, ptr {state}")
+            self.task = meta_task
+        scratch = f.map_value(self.gen.maps.scratch)
         self.scratch = scratch
         gl = self.gen.plan.goroutines
         tmp = f.gep(scratch, TMP_OFF)
@@ -324,7 +365,7 @@ class _SnapshotProgram(_SiteProgram):
         f.store(f.gep(head, 28), f.op(f"zext i1 {f.icmp('eq', self.vload(SLOT_DONE), 0)} to i64"), 32)
         length = f.and_(f.barrier(f.load(self.posp, volatile=True)), HALF - 1)
         m = f.map_ptr(self.gen.maps.events)
-        f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", "i64 0")
+        f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", f"i64 {G.RB_NO_WAKEUP}")
         f.ret("0")
 
     # -- one frame ---------------------------------------------------------------------------------------------
@@ -381,20 +422,26 @@ class _SnapshotProgram(_SiteProgram):
         binary search over the rows map, whose answer goes into the cache."""
         f = self.fn
         res = f.gep(self.scratch, TMP_OFF + 16)
-        key = f.shared_alloca("pc_key", "i64")
-        f.store(key, pc)
-        cache = f.map_ptr(self.gen.maps.pc_cache)
-        hit = f.op(f"call ptr inttoptr (i64 1 to ptr)(ptr {cache}, ptr {key})")
-        cached, search, found = f.label("cached"), f.label("search"), f.label("row_found")
-        f.cbr(f.op(f"icmp eq ptr {hit}, null"), search, cached)
+        # Direct-mapped: slot = hash(pc); array lookups are inlined by the verifier (a hash lookup is a call).
+        index = f.op(f"lshr i64 {f.op(f'mul i64 {pc}, {PC_HASH}')}, {64 - PC_CACHE_BITS}")
+        entry = self.lookup(self.gen.maps.pc_cache, index)
+        cached, search, found, check = f.label("cached"), f.label("search"), f.label("row_found"), f.label("slot")
+        f.cbr(f.op(f"icmp eq ptr {entry}, null"), search, check)
+        f.block(check)
+        f.cbr(f.icmp("eq", f.load(entry), pc), cached, search)
         f.block(cached)
-        f.store(res, f.load(hit))
-        f.store(f.gep(res, 8), f.load(f.gep(hit, 8)))
+        f.store(res, f.load(f.gep(entry, 8)))
+        f.store(f.gep(res, 8), f.load(f.gep(entry, 16)))
         f.br(found)
         f.block(search)
         self.search_row(pc, res)
-        f.store(key, pc)
-        f.helper("map_update_elem", f"ptr {cache}", f"ptr {key}", f"ptr {res}", "i64 0")
+        entry2 = self.lookup(self.gen.maps.pc_cache, index)
+        fill = f.label("fill")
+        f.cbr(f.op(f"icmp eq ptr {entry2}, null"), found, fill)
+        f.block(fill)
+        f.store(entry2, pc)
+        f.store(f.gep(entry2, 8), f.load(res))
+        f.store(f.gep(entry2, 16), f.load(f.gep(res, 8)))
         f.br(found)
         f.block(found)
         return res

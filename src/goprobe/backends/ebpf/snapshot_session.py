@@ -1,17 +1,26 @@
-"""Snapshots in the kernel: the generated task-iterator program is loaded before the process is paused; while it
-is paused the program runs once (``read()`` on an iterator fd) and leaves one ring-buffer record per
-goroutine; after the process runs again the records become the same raw snapshot the interpreter produces.
+"""Snapshots in the kernel: the generated program is loaded before the process is paused; while it is paused
+the program runs once and leaves one ring-buffer record per goroutine; after the process runs again the
+records become the same raw snapshot the interpreter produces.
+
+The program runs inside the target (see :class:`Trigger`): one stopped thread is single-stepped through a
+cold instruction that carries a sleepable uprobe, so the program reads the target's memory in the target's
+own context. Where that cannot be set up, a task iterator runs it from goprobe's context instead (slower:
+every read crosses processes).
 """
 
 from __future__ import annotations
 
 import struct
 
+import attrs
+
 from goprobe.backends.ebpf import event_codegen as G
 from goprobe.backends.ebpf import snapshot_codegen as S
 from goprobe.backends.ebpf import syscall as sc
 from goprobe.backends.ebpf.iterator import link_task_iterator, load_task_iterator, run
-from goprobe.backends.ebpf.errors import VerifierError
+from goprobe.backends.ebpf.errors import EbpfError, VerifierError
+from goprobe.backends.ebpf.program import load_program
+from goprobe.backends.ebpf.uprobe import attach_uprobes, vaddr_to_file_offset
 from goprobe.backends.ebpf.llvm_target import CodegenError, compile_to_object
 from goprobe.backends.ebpf.ringbuf import RingBuffer
 from goprobe.backends.interpreter.snapshot import RawCapture, RawFrame, RawGoroutine, RawSnapshot
@@ -31,6 +40,46 @@ def ring_size_for(goroutines: int, per_goroutine: int = 512) -> int:
 
 SHARD_CAPTURES = 60  # captures per program before a request is split (each part is verified on its own)
 
+# Functions that run only when the program is already failing: their code is where the trigger's uprobe goes.
+COLD_FUNCTIONS = ("runtime.badctxt", "runtime.badmorestackg0", "runtime.badmorestackgsignal", "runtime.abort",
+                  "runtime.throw", "runtime.fatal")
+
+
+@attrs.frozen
+class Trigger:
+    """Where a stopped thread is stepped to run the snapshot program: the instruction's file (the target's
+    executable), its offset in that file, and its address in the process."""
+
+    path: str
+    file_offset: int
+    address: int
+
+
+def find_trigger(binary, path: str, bias: int) -> Trigger | None:
+    """A cold instruction of *binary* (a GoBinary) for the uprobe trigger, or None: a ``mov`` between
+    registers or of a constant, followed by another — the kernel executes it out of line (it emulates only
+    branches, pushes and nops), it touches no memory, and the step that runs it stops right after it."""
+    if binary.arch != "amd64":
+        return None
+    for name in COLD_FUNCTIONS:
+        try:
+            fn = binary.function(name)
+        except Exception:  # noqa: BLE001 - not in this binary or release: try the next one
+            continue
+        for lo, hi in sorted(fn.ranges):
+            insns = binary.code.instructions(lo, hi)
+            for (addr, _s, mnem, ops), (_a2, _s2, mnem2, ops2) in zip(insns, insns[1:]):
+                if _plain(mnem, ops) and _plain(mnem2, ops2):
+                    try:
+                        return Trigger(path, vaddr_to_file_offset(path, addr), addr + bias)
+                    except Exception:  # noqa: BLE001 - no file mapping for it: no trigger
+                        return None
+    return None
+
+
+def _plain(mnem: str, ops: str) -> bool:
+    return mnem in ("mov", "sub", "add", "xor") and "[" not in ops and "rip" not in ops
+
 
 class _Shard:
     """One program of a snapshot: it walks every goroutine and captures in the frames of its plans."""
@@ -38,14 +87,23 @@ class _Shard:
     def __init__(self, owner: EbpfSnapshotter, plans: frozenset[int], glim, pid: int, ring_bytes: int) -> None:
         own = owner._own
         self.plans = plans
+        self.index = len(owner.shards)
         self.events = own(sc.create_ringbuf(ring_bytes, name="gp_snap"))
         self.fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
         maps = S.SnapshotMapFds(owner.scratch.fd, self.events.fd, owner.rows.fd, owner.seen.fd, owner.pc_cache.fd,
-                                self.fixup_ring.fd)
-        self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans)
+                                self.fixup_ring.fd, owner.arm.fd)
+        trigger = "uprobe" if owner.trigger is not None else "iterator"
+        self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans,
+                                    trigger=trigger, shard=self.index)
         obj = compile_to_object(self.generated.ir, name="snapshot")
-        self.program = own(load_task_iterator(obj, name="snapshot", entry="snapshot"))
-        self.link = own(link_task_iterator(self.program, tid=pid))
+        if owner.trigger is not None:
+            self.program = own(load_program(obj, S.SECTIONS["uprobe"], name="snapshot", entry="snapshot",
+                                            sleepable=True))
+            t = owner.trigger
+            self.link = own(attach_uprobes(self.program, t.path, [t.file_offset], [pid], method="perf"))
+        else:
+            self.program = own(load_task_iterator(obj, name="snapshot", entry="snapshot"))
+            self.link = own(link_task_iterator(self.program, tid=pid))
         self.ring = own(RingBuffer(self.events))
         self.fixup_reader = own(RingBuffer(self.fixup_ring))
 
@@ -53,19 +111,25 @@ class _Shard:
 class EbpfSnapshotter:
     """The loaded snapshot program(s) for one process; :meth:`run` while the process is paused."""
 
-    def __init__(self, plan: SnapshotPlan, pid: int, limits, *, goroutines_hint: int = 10_000) -> None:
+    def __init__(self, plan: SnapshotPlan, pid: int, limits, *, goroutines_hint: int = 10_000,
+                 trigger: Trigger | None = None) -> None:
+        """*trigger*: where to run the program inside the target (see :func:`find_trigger`); None runs it
+        from a task iterator."""
         self.plan = plan
+        self.trigger = trigger
+        self._runs = 0
         self._closables: list = []
         try:
+            self.arm = self._own(sc.create_array(8 * S.ARM_SLOTS, 1, name="gp_arm"))
             rows, self.plan_sets = S.unwind_rows(plan)
             self.n_rows = len(rows)
             self.rows = self._own(sc.create_array(S.ROW.size, len(rows), name="gp_rows"))
             for i, row in enumerate(rows):
                 self.rows.update(_U32.pack(i), row)
             self.rows.freeze()
-            self.scratch = self._own(sc.create_array(S.SCRATCH_SIZE, sc.possible_cpus(), name="gp_sscratch"))
+            self.scratch = self._own(sc.create_array(S.SCRATCH_SIZE, 1, name="gp_sscratch"))
             self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
-            self.pc_cache = self._own(sc.create_hash(8, S.ROW.size, 1 << 16, name="gp_pcs"))
+            self.pc_cache = self._own(sc.create_array(S.PC_CACHE_ENTRY, 1 << S.PC_CACHE_BITS, name="gp_pcs"))
             glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
                             limits.pointer_depth, None, None, False)
             ring = ring_size_for(goroutines_hint)
@@ -94,10 +158,28 @@ class EbpfSnapshotter:
         self._closables.append(thing)
         return thing
 
-    def run(self) -> None:
-        """Walk every goroutine now (the process must be paused); the records wait in the ring buffers."""
+    def run(self, paused=None) -> None:
+        """Walk every goroutine now (the process must be paused: *paused* is its PausedProcess, needed by the
+        uprobe trigger); the records wait in the ring buffers."""
+        if self.trigger is None:
+            for shard in self.shards:
+                run(shard.link)
+            return
+        if paused is None:
+            raise ValueError("the uprobe trigger needs the PausedProcess")
+        self._runs += 1
+        key = _U32.pack(0)
+        self.arm.update(key, struct.pack("<Q", self._runs) + bytes(8 * (S.ARM_SLOTS - 1)))
+        try:
+            paused.step_through(self.trigger.address)  # every shard's program is attached there
+        finally:
+            ran = self.arm.lookup(key) or bytes(8 * S.ARM_SLOTS)
+            self.arm.update(key, bytes(8 * S.ARM_SLOTS))
         for shard in self.shards:
-            run(shard.link)
+            (done,) = struct.unpack_from("<Q", ran, 8 * (1 + min(shard.index, S.ARM_SLOTS - 2)))
+            if done != self._runs:
+                raise EbpfError(f"the snapshot program {shard.index} did not run when thread stepped through "
+                                f"{self.trigger.address:#x}; retry with backend='interp'")
 
     def records(self) -> list[list[bytes]]:
         """The records of the last run, per program, in allgs order."""
