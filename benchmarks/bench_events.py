@@ -8,7 +8,7 @@ record decoder runs, and whether a live stream keeps up with a function called a
      empty/multi     stack-check prologue), attached through the uprobe PMU and through ``uprobe_multi``
      goprobe/live    goprobe's probe capturing n, name, req.ID, req.Path, tags, while a background thread
                      iterates the EventStream (decoding every event, as ``goprobe events`` does)
-     goprobe/after   the same probe, records left in a 64 MiB ring and drained after the spin
+     goprobe/after   the same probe, records held by the stream's drain (64 MiB ring) and read after the spin
      filtered        the same probe with ``when='n < 0'``: every hit filtered in the kernel
    "added" = ns/call − ns/call of `none`; the ratio goprobe/empty (goal ≤ 1.2×) compares added costs.
    Then one pass with the kernel's BPF run-time statistics on (BPF_ENABLE_STATS) splits the added cost into
@@ -16,15 +16,22 @@ record decoder runs, and whether a live stream keeps up with a function called a
 2. EventRecordDecoder.decode over ~100k raw records of that probe (recorded in step 1), on one core (goal
    ≥ 200,000 events/s), as EventRecordDecoder is; if its value decoder is not goprobe.decoder.ValueDecoder,
    the same records also through an EventRecordDecoder given a ValueDecoder (the generic baseline). Also
-   the rate at which raw records come out of the ring without decoding.
+   the rate at which raw records are split out of the drain's spans without decoding.
 3. End to end: one goroutine calls handle as fast as it can (``spin S``) while a background thread streams
-   and decodes every event; hits, delivered, dropped (ring full), rates, for 16 MiB and 64 MiB rings (goal:
-   zero loss). Delivered events are checked against the fixture (each n once, values as called).
+   and decodes every event; hits, delivered, dropped (ring full), loss, rates, for 16 MiB and 64 MiB rings
+   (goal: zero loss), with three consumers in rotation:
+     process   EventStream as it is: a helper process empties the ring in spans into its memory and pipes
+               them over; the iterating thread splits and decodes (peak backlog, stalls at its limit shown)
+     thread    EventStream(drain="thread"): the same with a drain thread in this process
+     inline    the one-thread baseline: one thread takes records one by one from the ring and decodes each
+               before it looks at the ring again (what EventStream did before it had a drain)
+   Delivered events are checked against the fixture (each n once, in order, values as called).
 
 Timings are noisy on a shared VM; nothing here asserts a timing. "other CPUs" columns show how many CPUs
 other processes kept busy meanwhile: a live consumer needs a CPU of its own beside the target's.
 
 Usage: python benchmarks/bench_events.py [--quick] [--go VERSION] [--rounds N] [--spin S] [--e2e-spin S]
+       [--steps 1,2,3] [--backlog MIB] [--consumers process,thread,inline] [--rings 16,64]
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from goprobe.backends.ebpf.uprobe import (
 )
 from goprobe.decoder import ValueDecoder
 from goprobe.dwarf.binary import GoBinary
+from goprobe.backends.ebpf.ringbuf import DEFAULT_BACKLOG_BYTES, split_span
 from goprobe.events import EventRecordDecoder, EventStream, stream_events
 from goprobe.request import EventRequest
 from goprobe.testing.fixture_process import running
@@ -178,7 +186,7 @@ class Bench:
         self.empty_obj = compile_to_object(EMPTY_IR, name="empty")
         self.records: list[bytes] = []       # raw records of the last goprobe/after run (for step 2)
         self.decoder: EventRecordDecoder | None = None
-        self.drain_rate: float | None = None    # records/s taken out of the ring without decoding
+        self.drain_rate: float | None = None    # records/s split out of drained spans (no decoding)
         self.goprobe_method = "?"               # how goprobe attached its probe
         self.notes: list[str] = []
 
@@ -221,9 +229,11 @@ class Bench:
             s.session.detach()
             c = s.counters()
             run = prog_run_ns(s.session.programs[0])
-            records: list[bytes] = []
+            # The stream's drain held the records meanwhile; the last ones come out of the ring now.
+            s.drain.finish()
+            chunks = list(iter(lambda: s.drain.get(None), None))
             t = time.perf_counter()
-            s.session.drain(records.append)
+            records = [raw for chunk in chunks for raw in split_span(chunk)]
             drain_s = time.perf_counter() - t
             if not stats:
                 self.drain_rate = len(records) / drain_s if drain_s > 0 else None
@@ -255,18 +265,68 @@ class Consumer(threading.Thread):
     def run(self) -> None:
         try:
             for ev in self.stream:
-                self.events += 1
-                if self.keep_n:
-                    v = ev["values"]
-                    self.ns.append(v["n"])
-                    if any(v[k] != want for k, want in SPIN_VALUES.items()):
-                        self.bad_values += 1
-                self.last_event_at = time.perf_counter()
+                self.take(ev)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self.error = e
 
+    def take(self, ev: dict) -> None:
+        self.events += 1
+        if self.keep_n:
+            v = ev["values"]
+            self.ns.append(v["n"])
+            if any(v[k] != want for k, want in SPIN_VALUES.items()):
+                self.bad_values += 1
+
+    @property
+    def delivered(self) -> int:
+        return self.stream.delivered
+
     def finish(self, timeout: float = 60.0) -> None:
         self.stream.stop()
+        self.join(timeout)
+        if self.is_alive():
+            raise RuntimeError("the consumer thread did not stop")
+        if self.error is not None:
+            raise self.error
+
+
+class InlineConsumer(Consumer):
+    """The one-thread baseline: take the records one by one out of the ring (RingBuffer.poll_into) and decode
+    them all before looking at the ring again, as EventStream did before it had a drain thread."""
+
+    def __init__(self, stream: EventStream, keep_n: bool = False) -> None:
+        super().__init__(stream, keep_n)
+        self.decoded = 0
+        self._stopping = False
+
+    def run(self) -> None:
+        s = self.stream
+        ring = s.session.ring
+        decode = s.decoder.decode
+        pending: list[bytes] = []
+        try:
+            while True:
+                stop = self._stopping
+                if stop:  # the probes go first, then the last records come out of the ring
+                    s.session.detach()
+                    ring.consume_into(pending.append)
+                else:
+                    ring.poll_into(pending.append, 0.05)
+                for raw in pending:
+                    self.take(decode(raw))
+                    self.decoded += 1
+                pending.clear()
+                if stop:
+                    break
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+
+    @property
+    def delivered(self) -> int:
+        return self.decoded
+
+    def finish(self, timeout: float = 60.0) -> None:
+        self._stopping = True
         self.join(timeout)
         if self.is_alive():
             raise RuntimeError("the consumer thread did not stop")
@@ -366,22 +426,32 @@ def decoder_throughput(bench: Bench, n_records: int, runs: int) -> dict:
                          for name, r in rates.items()}}
 
 
-def end_to_end(calls: Calls, binary: GoBinary, ring_bytes: int, spin_s: float) -> dict:
+def end_to_end(calls: Calls, binary: GoBinary, ring_bytes: int, spin_s: float, consumer_kind: str,
+               backlog_bytes: int) -> dict:
+    """One spin while *consumer_kind* ("process", "thread" or "inline") streams; then wait until every record
+    the kernel took is decoded. Loss counts against the probe's hits: hits = delivered + dropped exactly."""
+    drained = consumer_kind != "inline"
     with stream_events([calls.pid], EventRequest.build(FUNCTION, CAPTURES), binary=binary,
-                       ring_bytes=ring_bytes) as s:
-        consumer = Consumer(s, keep_n=True)
+                       ring_bytes=ring_bytes, backlog_bytes=backlog_bytes,
+                       drain="process" if consumer_kind == "process" else "thread") as s:
+        if drained:
+            consumer: Consumer = Consumer(s, keep_n=True)
+        else:
+            s.drain.close()  # nothing was written yet: the baseline reads the ring itself
+            consumer = InlineConsumer(s, keep_n=True)
         consumer.start()
         try:
             t0 = time.perf_counter()
             before = calls.meter.snapshot()
             count = calls.spin(spin_s)
             t_spin = time.perf_counter() - t0
+            delivered_at_spin_end = consumer.delivered
             # Let the consumer catch up with what the kernel put in the ring, then stop.
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             caught_up = False
             while time.monotonic() < deadline:
                 c = s.counters()
-                if s.delivered + s.decode_errors >= c.delivered:
+                if consumer.delivered + s.decode_errors >= c.delivered:
                     caught_up = True
                     break
                 time.sleep(0.01)
@@ -392,12 +462,16 @@ def end_to_end(calls: Calls, binary: GoBinary, ring_bytes: int, spin_s: float) -
         c = s.counters()
         summary = s.summary()
     ns = consumer.ns
+    delivered = consumer.delivered
     distinct = len(set(ns))
-    return {"ring_mib": ring_bytes // MIB, "calls": count, "hits": c.hits, "kernel_delivered": c.delivered,
-            "delivered": summary["events"], "dropped_full": c.dropped_full, "dropped": c.dropped,
-            "decode_errors": summary["decode_errors"], "spin_s": t_spin, "done_s": t_done,
-            "hit_rate": c.hits / spin_s, "delivered_rate": summary["events"] / t_done,
-            "loss": (c.hits - summary["events"]) / c.hits if c.hits else 0.0, "caught_up": caught_up,
+    return {"consumer": consumer_kind, "ring_mib": ring_bytes // MIB, "calls": count, "hits": c.hits,
+            "kernel_delivered": c.delivered, "delivered": delivered, "dropped_full": c.dropped_full,
+            "dropped": c.dropped, "decode_errors": summary["decode_errors"], "spin_s": t_spin, "done_s": t_done,
+            "hit_rate": c.hits / spin_s, "delivered_rate": delivered / t_done,
+            "during_spin_rate": delivered_at_spin_end / t_spin,
+            "loss": (c.hits - delivered) / c.hits if c.hits else 0.0, "caught_up": caught_up,
+            "backlog_peak": summary["backlog_peak_bytes"] if drained else None,
+            "stalls": summary["backlog_stalls"] if drained else None,
             "duplicates": len(ns) - distinct, "out_of_range": sum(1 for n in ns if not 0 <= n < count),
             "out_of_order": sum(1 for a, b in itertools.pairwise(ns) if b <= a), "bad_values": consumer.bad_values,
             "other_cpus": other}
@@ -426,6 +500,11 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=None, help="records decoded per run in step 2 (100000; quick 30000)")
     ap.add_argument("--e2e-spin", type=float, default=None, help="seconds of spin in step 3 (default 2; quick 0.5)")
     ap.add_argument("--e2e-runs", type=int, default=None, help="runs per ring size in step 3 (default 2; quick 1)")
+    ap.add_argument("--consumers", default="process,thread,inline", help="consumers of step 3, rotated per run")
+    ap.add_argument("--rings", default="16,64", help="ring sizes of step 3 in MiB (default 16,64)")
+    ap.add_argument("--steps", default="1,2,3", help="which steps to run (default 1,2,3; step 2 needs step 1)")
+    ap.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG_BYTES // MIB,
+                    help=f"EventStream backlog limit in MiB in step 3 (default {DEFAULT_BACKLOG_BYTES // MIB})")
     args = ap.parse_args()
     q = args.quick
     rounds = args.rounds or (2 if q else 7)
@@ -435,6 +514,9 @@ def main() -> int:
     e2e_spin = args.e2e_spin or (0.5 if q else 2.0)
     e2e_runs = args.e2e_runs or (1 if q else 2)
     version = args.go or selected_versions()[-1]
+    steps = {int(x) for x in args.steps.split(",") if x.strip()}
+    if 2 in steps:
+        steps.add(1)  # step 2 decodes the records step 1 recorded
 
     started = time.perf_counter()
     path = build(FIXTURE, version, "opt")
@@ -450,31 +532,57 @@ def main() -> int:
             calls = Calls(fx)
             bench = Bench(calls, binary, path, offset, spin_s)
 
-            print(f"\n1. per-hit cost: {rounds} alternating rounds of 'spin {spin_s}' per configuration")
-            hit = per_hit(bench, rounds, methods)
+            hit: dict[str, dict] = {}
+            dec: dict = {"error": "step 2 not run"}
+            e2e: list[dict] = []
+            if 1 in steps:
+                print(f"\n1. per-hit cost: {rounds} alternating rounds of 'spin {spin_s}' per configuration")
+                hit = per_hit(bench, rounds, methods)
 
-            print(f"\n2. decoder: EventRecordDecoder.decode over {n_decode} records, {decode_runs} runs")
-            dec = decoder_throughput(bench, n_decode, decode_runs)
-            if "error" not in dec:
+            if 2 in steps:
+                print(f"\n2. decoder: EventRecordDecoder.decode over {n_decode} records, {decode_runs} runs")
+                dec = decoder_throughput(bench, n_decode, decode_runs)
+            if 2 in steps and "error" not in dec:
                 print(f"  {dec['distinct']} distinct records of {dec['record_bytes']} B; EventRecordDecoder's value "
                       f"decoder: {dec['value_decoder']}")
                 for name, d in dec["decoders"].items():
                     print(f"  {name.strip()}: {d['median']:,.0f} events/s median, {d['best']:,.0f} best "
                           f"({1e6 / d['median']:.1f} µs/event)")
 
-            print(f"\n3. end to end: 'spin {e2e_spin}' while a thread streams and decodes every event")
-            e2e = []
-            for _ in range(e2e_runs):
-                for ring in (16 * MIB, 64 * MIB):
-                    r = end_to_end(calls, binary, ring, e2e_spin)
-                    e2e.append(r)
-                    print(f"  ring {r['ring_mib']} MiB: {r['hits']} hits, {r['delivered']} delivered, "
-                          f"{r['dropped_full']} dropped (ring full), caught up after {r['done_s']:.1f} s",
-                          flush=True)
+            if 3 in steps:
+                print(f"\n3. end to end: 'spin {e2e_spin}' while a thread streams and decodes every event "
+                      f"(backlog limit {args.backlog} MiB)")
+                calls.spin(0.2)  # warm-up
+                kinds = [k.strip() for k in args.consumers.split(",") if k.strip()]
+                for run in range(e2e_runs):
+                    for ring in (int(r) * MIB for r in args.rings.split(",")):
+                        for kind in kinds[run % len(kinds):] + kinds[:run % len(kinds)]:
+                            r = end_to_end(calls, binary, ring, e2e_spin, kind, args.backlog * MIB)
+                            e2e.append(r)
+                            print(f"  {kind:<7} ring {r['ring_mib']} MiB: {r['hits']} hits, {r['delivered']} "
+                                  f"delivered, {r['dropped_full']} dropped (ring full), caught up after "
+                                  f"{r['done_s']:.1f} s", flush=True)
             remaining_calls = calls.spin(0.05)  # the fixture still runs after every probe is gone
 
     # -- the table --------------------------------------------------------------------------------------------
     print("\n" + "=" * 100)
+    if hit:
+        print_per_hit(hit, bench, rounds, spin_s)
+    if 2 in steps:
+        print_decoder(dec)
+    if e2e:
+        print_end_to_end(e2e, bench, e2e_spin)
+    if 3 in steps and remaining_calls <= 0:
+        bench.notes.append("the fixture did not spin after the probes were removed")
+    for note in dict.fromkeys(bench.notes):
+        print(f"note: {note}")
+    print("other CPUs = CPUs kept busy by other processes during the measurement (this machine has "
+          f"{os.cpu_count()}; the target and a live consumer need one each)")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def print_per_hit(hit: dict, bench: Bench, rounds: int, spin_s: float) -> None:
     print(f"Per hit of {FUNCTION} (medians of {rounds} rounds of spin {spin_s} s; added = minus 'none'; "
           "in-BPF = program run time, separate pass)")
     print(f"{'configuration':<15} {'ns/call':>9} {'added ns':>9} {'range ns':>15} {'in-BPF ns':>10} "
@@ -493,39 +601,43 @@ def main() -> int:
     if ref:
         live, after = hit["goprobe/live"]["added"] / ref, hit["goprobe/after"]["added"] / ref
         print(f"goprobe/empty ratio: {live:.2f}x live consumer, {after:.2f}x drained after (goal <= 1.20x)")
+
+
+def print_decoder(dec: dict) -> None:
     if "error" in dec:
         print(f"Decoder: {dec['error']}")
-    else:
-        print(f"Decoder over {dec['records']} records, one core (goal >= 200,000 events/s; other CPUs "
-              f"{dec['other_cpus']:.2f}); EventRecordDecoder uses {dec['value_decoder']}:")
-        for name, d in dec["decoders"].items():
-            print(f"  {name:<20} {d['median']:>9,.0f} events/s median {d['best']:>9,.0f} best  "
-                  f"values {'ok' if d['correct'] else 'WRONG'}")
-        if dec["drain_rate"]:
-            print(f"  (raw records out of the ring without decoding, RingBuffer.consume_into: "
-                  f"{dec['drain_rate']:,.0f}/s)")
-    print(f"End to end (spin {e2e_spin} s, one goroutine; delivered rate = delivered / time until caught up):")
-    print(f"{'ring':>7} {'calls':>9} {'hits':>9} {'delivered':>10} {'dropped':>9} {'loss':>7} {'hits/s':>9} "
-          f"{'deliv/s':>9} {'caught up':>10} {'checks':>7} {'other CPUs':>11}")
+        return
+    print(f"Decoder over {dec['records']} records, one core (goal >= 200,000 events/s; other CPUs "
+          f"{dec['other_cpus']:.2f}); EventRecordDecoder uses {dec['value_decoder']}:")
+    for name, d in dec["decoders"].items():
+        print(f"  {name:<20} {d['median']:>9,.0f} events/s median {d['best']:>9,.0f} best  "
+              f"values {'ok' if d['correct'] else 'WRONG'}")
+    if dec["drain_rate"]:
+        print(f"  (raw records split out of the drain's spans without decoding, split_span: "
+              f"{dec['drain_rate']:,.0f}/s)")
+
+
+def print_end_to_end(e2e: list[dict], bench: Bench, e2e_spin: float) -> None:
+    print(f"End to end (spin {e2e_spin} s, one goroutine calling as fast as it can; loss = (hits − delivered) / "
+          "hits; deliv/s = delivered / time until caught up, i.e. the decoder's rate; during = delivered / s "
+          "while the spin ran; backlog = peak bytes held by the drain, stalls = times it paused at the backlog limit):")
+    print(f"{'consumer':<8} {'ring':>6} {'hits':>9} {'delivered':>10} {'dropped':>9} {'loss':>7} {'hits/s':>9} "
+          f"{'deliv/s':>9} {'during':>9} {'caught up':>10} {'backlog':>9} {'stalls':>6} {'checks':>7} "
+          f"{'other CPUs':>10}")
     for r in e2e:
         ok = not (r["duplicates"] or r["out_of_range"] or r["out_of_order"] or r["bad_values"] or r["decode_errors"]
                   or r["hits"] != r["calls"] or r["kernel_delivered"] + r["dropped"] != r["hits"]
-                  or r["delivered"] != r["kernel_delivered"])
-        print(f"{r['ring_mib']:>4}MiB {r['calls']:>9} {r['hits']:>9} {r['delivered']:>10} {r['dropped_full']:>9} "
-              f"{r['loss']:>6.1%} {r['hit_rate']:>9,.0f} {r['delivered_rate']:>9,.0f} {r['done_s']:>9.1f}s "
-              f"{'ok' if ok else 'FAIL':>7} {r['other_cpus']:>11.2f}")
+                  or r["delivered"] != r["kernel_delivered"] or not r["caught_up"])
+        backlog = "" if r["backlog_peak"] is None else f"{r['backlog_peak'] / MIB:.0f}MiB"
+        stalls = "" if r["stalls"] is None else str(r["stalls"])
+        print(f"{r['consumer']:<8} {r['ring_mib']:>3}MiB {r['hits']:>9} {r['delivered']:>10} {r['dropped_full']:>9} "
+              f"{r['loss']:>6.1%} {r['hit_rate']:>9,.0f} {r['delivered_rate']:>9,.0f} {r['during_spin_rate']:>9,.0f} "
+              f"{r['done_s']:>9.1f}s {backlog:>9} {stalls:>6} {'ok' if ok else 'FAIL':>7} {r['other_cpus']:>10.2f}")
         if not ok:
-            bench.notes.append(f"end to end {r['ring_mib']} MiB: " + ", ".join(
+            bench.notes.append(f"end to end {r['consumer']} {r['ring_mib']} MiB: " + ", ".join(
                 f"{k}={r[k]}" for k in ("calls", "hits", "kernel_delivered", "delivered", "dropped", "duplicates",
-                                        "out_of_range", "out_of_order", "bad_values", "decode_errors")))
-    if remaining_calls <= 0:
-        bench.notes.append("the fixture did not spin after the probes were removed")
-    for note in dict.fromkeys(bench.notes):
-        print(f"note: {note}")
-    print("other CPUs = CPUs kept busy by other processes during the measurement (this machine has "
-          f"{os.cpu_count()}; the target and a live consumer need one each)")
-    print(f"total {time.perf_counter() - started:.0f} s")
-    return 0
+                                        "out_of_range", "out_of_order", "bad_values", "decode_errors",
+                                        "caught_up")))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ them out as JSON-ready dicts.
         print(s.summary())
 
 The record format written by the kernel is documented in ``docs/event-record.md``.
+
+From the moment a stream is created, a helper process (:class:`~goprobe.backends.ebpf.ringbuf.ProcessDrain`; or a
+thread, :class:`~goprobe.backends.ebpf.ringbuf.RingDrain`) empties the kernel's ring buffer into memory in whole
+spans, so a burst the decoder cannot follow waits in memory (up to ``backlog_bytes``) instead of being dropped
+by the kernel; the iterating thread splits the spans into records and decodes them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from goprobe.backends.ebpf import event_codegen as G
 from goprobe.backends.ebpf.event_session import Counters, EventSession
+from goprobe.backends.ebpf.ringbuf import DEFAULT_BACKLOG_BYTES, ProcessDrain, RingDrain, split_span
 from goprobe.decoder import hexaddr
 from goprobe.decoder_codegen import compile_decoder
 from goprobe.dwarf.binary import GoBinary
@@ -118,11 +124,23 @@ class EventStream:
     """Events of one request on processes of one executable; iterate for event dicts, then ``summary()``.
 
     Stops after ``request.max_events`` delivered events, after ``request.duration_s`` seconds, when every
-    target process has exited, or on :meth:`stop`. Probes are removed on every exit path.
+    target process has exited, or on :meth:`stop`. Probes are removed on every exit path. Records already
+    captured when it stops are still delivered; a second :meth:`stop` meanwhile gives them up (counted as
+    ``dropped_unread``).
+
+    *ring_bytes* sizes the kernel ring buffer (a power of two). *backlog_bytes* bounds the records taken out
+    of the ring and not decoded yet; beyond it the ring fills and the kernel drops (``dropped_ring_full``).
+    *drain* says what empties the ring: ``"process"`` (a helper process: neither this process's GIL nor its
+    garbage collector can hold it up; a thread is used if it cannot start) or ``"thread"``.
     """
 
     def __init__(self, pids: Sequence[int], request: EventRequest, *, binary: str | GoBinary | None = None,
-                 ring_bytes: int | None = None) -> None:
+                 ring_bytes: int | None = None, backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
+                 drain: str = "process") -> None:
+        if backlog_bytes <= 0:
+            raise GoprobeError("backlog_bytes must be positive")
+        if drain not in ("process", "thread"):
+            raise GoprobeError(f"drain must be 'process' or 'thread', not {drain!r}")
         if not pids:
             raise GoprobeError("no process given; pass at least one PID")
         for pid in pids:
@@ -134,6 +152,8 @@ class EventStream:
         path = binary.path if isinstance(binary, GoBinary) else (binary or _executable(pids[0]))
         self.binary = binary if isinstance(binary, GoBinary) else GoBinary(path)
         self.session: EventSession | None = None
+        self.drain: ProcessDrain | RingDrain | None = None
+        self.drain_kind = drain
         try:
             for pid in pids[1:]:
                 if os.path.realpath(_executable(pid)) != os.path.realpath(self.binary.path):
@@ -154,54 +174,83 @@ class EventStream:
             self.session = EventSession(plan, str(self.binary.path), pids, limits, bias=self.bias,
                                         **({"ring_bytes": ring_bytes} if ring_bytes else {}))
             self.decoder = EventRecordDecoder(plan, self.session.generated, self.binary, self.bias)
+            # The probes write from now on: drain the ring already, however late the caller starts iterating.
+            self.drain = self._start_drain(backlog_bytes)
         except BaseException:
             self.close()
             raise
         self.started = time.monotonic()
+        self.backlog_bytes = backlog_bytes
         self.delivered = 0
         self.decode_errors = 0
-        self._stopped = False
+        self.unread = 0  # records taken from the ring and given up by a second stop()
+        self._stops = 0
         self._ended = None
 
     def stop(self) -> None:
-        """End the stream at the next poll (safe from a signal handler)."""
-        self._stopped = True
+        """End the stream at the next poll (safe from a signal handler); called again while the captured
+        records are being delivered, give those up."""
+        self._stops += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         req = self.request
         deadline = None if req.duration_s is None else self.started + req.duration_s
-        pending: list[bytes] = []
-        assert self.session is not None
+        assert self.session is not None and self.drain is not None
+        drain = self.drain
+        if drain.finished:
+            return  # iterated to the end already
+        ended = False
         try:
-            while not self._stopped:
+            while not self._stops:
                 if req.max_events is not None and self.delivered >= req.max_events:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                # Records wake the reader only in batches: poll often enough that a trickle still flows.
-                self.session.poll(pending.append, min(0.05, left) if left is not None else 0.05)
-                for ev in self._decode(pending):
-                    yield ev
-                pending.clear()
+                # Wait for a span no longer than this: the conditions above are checked in between.
+                chunk = drain.get(min(0.05, left) if left is not None else 0.05)
+                if chunk:
+                    yield from self._decode(chunk)
                 if not any(os.path.exists(f"/proc/{p}") for p in self.pids):
                     break
+            ended = True
         finally:
             self._ended = time.monotonic()
             if self.session is not None:
                 self.session.detach()
-                self.session.drain(pending.append)
-        # Records still in the ring after the probes are gone (the limits were reached meanwhile).
-        for ev in self._decode(pending):
-            yield ev
+            if ended:
+                drain.finish()  # what the probes left in the ring joins the backlog
+            else:
+                drain.close()  # the caller gave up iterating (or an error): nobody will read the rest
+        # Everything captured still comes out (the limits may have been reached meanwhile), unless stop()
+        # comes again.
+        stops = self._stops
+        while (chunk := drain.get(None)) is not None:
+            if self._stops != stops:
+                self.unread += sum(1 for _ in split_span(chunk)) + drain.abandon()
+                break
+            yield from self._decode(chunk)
+        self._ended = time.monotonic()
 
-    def _decode(self, records: list[bytes]) -> Iterator[dict[str, Any]]:
+    def _start_drain(self, backlog_bytes: int) -> ProcessDrain | RingDrain:
+        assert self.session is not None
+        if self.drain_kind == "process":
+            drain = ProcessDrain(self.session.ring, backlog_bytes=backlog_bytes)
+            try:
+                return drain.start()
+            except (OSError, RuntimeError):
+                drain.close()
+                self.drain_kind = "thread"  # e.g. no Python executable to start
+        return RingDrain(self.session.ring, backlog_bytes=backlog_bytes).start()
+
+    def _decode(self, chunk: bytes) -> Iterator[dict[str, Any]]:
         limit = self.request.max_events
-        for raw in records:
+        decode = self.decoder.decode
+        for raw in split_span(chunk):
             if limit is not None and self.delivered >= limit:
                 return
             try:
-                ev = self.decoder.decode(raw)
+                ev = decode(raw)
             except (struct.error, IndexError, KeyError):
                 self.decode_errors += 1
                 continue
@@ -215,12 +264,19 @@ class EventStream:
         """Events delivered, drops by cause, probe hits, and the rate, for the end of a run."""
         c = self.counters()
         elapsed = (self._ended or time.monotonic()) - self.started
-        return {"events": self.delivered, "hits": c.hits, "filtered": c.filtered, "dropped": c.dropped,
-                "dropped_ring_full": c.dropped_full, "dropped_max_events": c.dropped_max,
-                "dropped_rate_limit": c.dropped_rate, "decode_errors": self.decode_errors,
-                "seconds": round(elapsed, 3), "events_per_s": round(self.delivered / elapsed, 1) if elapsed else None}
+        d = self.drain
+        return {"events": self.delivered, "hits": c.hits, "filtered": c.filtered,
+                "dropped": c.dropped + self.unread, "dropped_ring_full": c.dropped_full,
+                "dropped_max_events": c.dropped_max, "dropped_rate_limit": c.dropped_rate,
+                "dropped_unread": self.unread, "decode_errors": self.decode_errors,
+                "seconds": round(elapsed, 3), "events_per_s": round(self.delivered / elapsed, 1) if elapsed else None,
+                "backlog_peak_bytes": d.peak_backlog if d else 0, "backlog_limit_bytes": self.backlog_bytes,
+                "backlog_stalls": d.stalls if d else 0, "drain": self.drain_kind}
 
     def close(self) -> None:
+        """Remove the probes and release everything (the iterator ends)."""
+        if self.drain is not None:
+            self.drain.close()  # its thread reads the ring: stop it before the ring goes
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -239,7 +295,7 @@ def stream_events(pids: Sequence[int], request: EventRequest | str, captures: Se
     """Start probing *pids*; *request* is an :class:`~goprobe.request.EventRequest` or a probe point string
     (then *captures* and the keyword arguments of ``EventRequest.build`` apply)."""
     if isinstance(request, str):
-        build_kw = {k: kw.pop(k) for k in list(kw) if k != "ring_bytes"}
+        build_kw = {k: kw.pop(k) for k in list(kw) if k not in ("ring_bytes", "backlog_bytes", "drain")}
         request = EventRequest.build(request, captures, **build_kw)
     return EventStream(pids, request, binary=binary, **kw)
 
