@@ -174,8 +174,9 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
     trigger = find_trigger(b, f"/proc/{pid}/exe", bias) if trigger_kind == "uprobe" else None
     with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint, trigger=trigger) as snapper:
         def while_paused(paused):
-            snapper.run(paused)
-            running = running_goroutines(plan, paused.memory, paused.threads, req.limits, index)
+            # The goroutines on a thread are unwound by the interpreter while the program walks the others.
+            running = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
+                                                                     req.limits, index))
             return running, snapper.resolve_fixups(paused.memory, req.limits)
 
         (running, fixups), pause_ns = run_paused(pid, while_paused)

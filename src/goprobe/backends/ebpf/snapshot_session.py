@@ -158,20 +158,21 @@ class EbpfSnapshotter:
         self._closables.append(thing)
         return thing
 
-    def run(self, paused=None) -> None:
+    def run(self, paused=None, during=None):
         """Walk every goroutine now (the process must be paused: *paused* is its PausedProcess, needed by the
-        uprobe trigger); the records wait in the ring buffers."""
+        uprobe trigger); the records wait in the ring buffers. *during* is called while the program runs
+        (with the iterator: after it); returns what it returned."""
         if self.trigger is None:
             for shard in self.shards:
                 run(shard.link)
-            return
+            return during() if during is not None else None
         if paused is None:
             raise ValueError("the uprobe trigger needs the PausedProcess")
         self._runs += 1
         key = _U32.pack(0)
         self.arm.update(key, struct.pack("<Q", self._runs) + bytes(8 * (S.ARM_SLOTS - 1)))
         try:
-            paused.step_through(self.trigger.address)  # every shard's program is attached there
+            _tid, result = paused.step_through(self.trigger.address, during)  # every shard's program is there
         finally:
             ran = self.arm.lookup(key) or bytes(8 * S.ARM_SLOTS)
             self.arm.update(key, bytes(8 * S.ARM_SLOTS))
@@ -180,6 +181,7 @@ class EbpfSnapshotter:
             if done != self._runs:
                 raise EbpfError(f"the snapshot program {shard.index} did not run when thread stepped through "
                                 f"{self.trigger.address:#x}; retry with backend='interp'")
+        return result
 
     def records(self) -> list[list[bytes]]:
         """The records of the last run, per program, in allgs order."""

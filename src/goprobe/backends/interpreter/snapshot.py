@@ -357,8 +357,18 @@ def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits,
                        index: PlanIndex | None = None) -> dict[int, RawGoroutine]:
     """The goroutines running on a thread now (g address → raw goroutine), unwound from the thread's registers:
     another backend that walks ``g.sched`` uses these instead of its own view of them."""
-    interp = SnapshotInterpreter(plan, memory, threads, limits, index)
     gl = plan.goroutines
+    # Fast path (this runs while the process is paused): each thread's current g in one batched read, their
+    # statuses in another; the interpreter is only set up when some goroutine is really on a thread.
+    tls = [t.regs.get("fs_base", 0) for t in threads]
+    words = memory.read_many([(fs - 8, 8) for fs in tls if fs])
+    gps = [_U64.unpack(w)[0] for w in words if w]
+    spans = [(gp + gl.status, gl.status_size) for gp in gps if gp]
+    statuses = memory.read_many(spans) if spans else []
+    if not any(st is not None and int.from_bytes(st, "little") & ~G_SCAN in (G_RUNNING, G_SYSCALL)
+               for st in statuses):
+        return {}
+    interp = SnapshotInterpreter(plan, memory, threads, limits, index)
     out = {}
     by_thread = interp._thread_goroutines()
     for gp in by_thread:
