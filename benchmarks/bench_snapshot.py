@@ -53,7 +53,8 @@ def main() -> int:
                 totals.append(time.perf_counter() - t)
                 pauses.append(snap["pause_ns"] / 1e9)
                 captured = sum(len(f.get("variables", {})) for g in snap["goroutines"] for f in g["frames"])
-                assert captured == ecaptured, (captured, ecaptured)
+                # The interpreter's pause is cut at limits.pause_ms (2 s): at 100k it captures only part.
+                assert captured == ecaptured or snap.get("errors"), (captured, ecaptured)
                 bare.append(take_snapshot([proc.pid], {}, backend="interp")["processes"][0]["pause_ns"] / 1e9)
                 t = time.perf_counter()
                 with urllib.request.urlopen(url, timeout=300) as r:
@@ -61,7 +62,7 @@ def main() -> int:
                 pprofs.append(time.perf_counter() - t)
             med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
             print(f"{n:>10} {med(epauses):>11.1f} {med(etotals):>11.1f} {med(pauses):>13.1f} {med(totals):>13.1f} "
-                  f"{med(bare):>18.1f} {med(pprofs):>14.1f} {captured:>9}")
+                  f"{med(bare):>18.1f} {med(pprofs):>14.1f} {ecaptured:>9} (interp {captured})")
         finally:
             proc.kill()
             proc.wait()
