@@ -206,7 +206,8 @@ def _probed(fx: Fixture) -> bool:
 def test_cli_events_streams_json_lines(newest_calls):
     fx = newest_calls
     proc = subprocess.Popen([sys.executable, "-m", "goprobe.cli", "events", str(fx.pid), "--probe",
-                             "main.handle(req.ID, name)", "--max", "4", "--duration", "30", "--when", "req.ID >= 2"],
+                             "main.handle(req.ID, name)", "--max", "4", "--duration", "30", "--when", "req.ID >= 2",
+                             "--ring", "4", "--backlog", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not _probed(fx) and time.monotonic() < deadline:
@@ -219,6 +220,9 @@ def test_cli_events_streams_json_lines(newest_calls):
     assert all(e["values"]["name"] == f"name{e['values']['req.ID']}" for e in lines)
     summary = err.decode()
     assert "4 events" in summary and "dropped" in summary
+    bad = subprocess.run([sys.executable, "-m", "goprobe.cli", "events", str(fx.pid), "--probe", "main.handle",
+                          "--ring", "3"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "power of two" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_event_errors_are_typed_and_leave_nothing_behind(newest_calls):

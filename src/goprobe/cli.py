@@ -85,8 +85,30 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max", type=int, metavar="N", help="stop after N events (further hits are counted as drops)")
     ev.add_argument("--rate", type=int, metavar="N", help="at most N events a second per probe site")
     ev.add_argument("--stack", action="store_true", help="add the goroutine's stack to each event")
+    ev.add_argument("--ring", type=_ring_mib, metavar="MiB",
+                    help="size of the kernel ring buffer (a power of two; default 16)")
+    ev.add_argument("--backlog", type=_mib, metavar="MiB",
+                    help="events held in memory while the decoder catches up (default 512); past it, drops "
+                         "are counted")
     ev.add_argument("-o", "--output", metavar="FILE", help="write the JSON lines to FILE")
     return p
+
+
+def _mib(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be at least 1 MiB")
+    return n << 20
+
+
+def _ring_mib(text: str) -> int:
+    n = _mib(text)
+    if n & (n - 1):
+        raise argparse.ArgumentTypeError("the ring size must be a power of two (1, 2, 4, ... MiB)")
+    return n
 
 
 def parse_probe_spec(spec: str) -> tuple[str, list[str]]:
@@ -133,7 +155,8 @@ def _events(args: argparse.Namespace) -> int:
                              rate_limit_per_s=args.rate)
     out = open(args.output, "w") if args.output else sys.stdout
     try:
-        with stream_events(args.pids, req) as stream:
+        sizes = {k: v for k, v in (("ring_bytes", args.ring), ("backlog_bytes", args.backlog)) if v}
+        with stream_events(args.pids, req, **sizes) as stream:
             install_stop_signals(stream)
             print(f"goprobe: probing {req.probe} in {', '.join(map(str, args.pids))} "
                   f"({len(stream.plan.sites)} site{'s' if len(stream.plan.sites) != 1 else ''}); Ctrl-C stops",
@@ -146,7 +169,10 @@ def _events(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     drops = ", ".join(f"{s[k]} {k.removeprefix('dropped_').replace('_', ' ')}" for k in
-                      ("dropped_ring_full", "dropped_max_events", "dropped_rate_limit") if s[k])
+                      ("dropped_ring_full", "dropped_max_events", "dropped_rate_limit", "dropped_unread") if s[k])
+    if s["backlog_stalls"]:
+        drops += (", " if drops else "") + (f"the backlog reached {s['backlog_limit_bytes'] >> 20} MiB "
+                                            f"{s['backlog_stalls']} time(s): raise --backlog")
     print(f"goprobe: {s['events']} events in {s['seconds']} s ({s['events_per_s']}/s), {s['hits']} probe hits, "
           f"{s['filtered']} filtered by --when, {s['dropped']} dropped" + (f" ({drops})" if drops else ""),
           file=sys.stderr)
