@@ -54,6 +54,14 @@ BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one valu
 MAX_STRING = 4096  # string payload bytes per value in the kernel
 MAX_STACK = 64  # frames walked for the stack and for caller frames
 MAX_NODES = 12000  # bound on the value-serialisation code of one program
+# Events: the verifier walks every iteration of a bounded loop with its own state, so what a value costs it is
+# its code times the iterations of the loops around it. Each event program gets this many value nodes so
+# weighted (one node is some 50-150 processed instructions), shared out among its captures; past its share a
+# capture takes fewer elements, stops following pointers and decodes fewer interface types in the kernel.
+PROGRAM_UNITS = 2000
+PROGRAM_CODE = 1200  # value nodes of code (loops not counted) per event program: LLVM's jumps reach 32K insns
+EST_CAP = 1 << 40  # estimates saturate here (recursive types count as costly)
+FAST_SCALARS = 4096  # scalar elements are written by a tight loop when they take at most these many bytes
 
 # -- event record -------------------------------------------------------------------------------------------
 HEADER_SIZE = 48  # u32 site, u32 flags, u64 goid, u64 pid_tgid, u64 ts_ns, u64 duration_ns, u32 n_stack, u32 0
@@ -242,6 +250,12 @@ class _StampProgram(_Program):
 
 
 class _SiteProgram(_Program):
+    # Verification budget of the capture being written (value nodes, see PROGRAM_UNITS): None = unbounded
+    # (snapshots, which leave costly values to the interpreter instead); mult = iterations of enclosing loops.
+    vleft: int | None = None
+    cleft = 0  # code nodes left to the capture
+    mult = 1
+
     def __init__(self, gen: _Generator, index: int, site: EV.ProbeSite, name: str) -> None:
         super().__init__(gen, name)
         self.index = index
@@ -304,9 +318,11 @@ class _SiteProgram(_Program):
         f.store(f.gep(head, 40), 0)
 
         callers = self.gen.plan.callers
+        here = self._per_label(site.captures)
+        self.units_left, self.code_left = PROGRAM_UNITS, PROGRAM_CODE
+        self.caps_left = len(here) + len(site.returns) + sum(len(_group(fp.captures)) for fp in callers)
         if self.gen.plan.stack or callers:
             found = self.walk_stack(callers)
-        here = self._per_label(site.captures)
         for cap in here:
             self.capture_here(cap)
         for cap in site.returns:
@@ -545,6 +561,12 @@ class _SiteProgram(_Program):
             self.put8(self.gen.reason(cap.missing or "not capturable"))
             return
         self.capture_nodes = 0
+        share = None
+        if not self.gen.defer:
+            # An equal share of what the program has left: what earlier captures did not use goes to later ones.
+            share = self.units_left // max(1, self.caps_left)
+            code = self.code_left // max(1, self.caps_left)
+            self.vleft, self.cleft, self.mult = share, code, 1
         try:
             state = root(fail)
             if cap.path is not None and cap.path.steps:
@@ -574,6 +596,11 @@ class _SiteProgram(_Program):
         self.put8(f.load(self.reasonp, volatile=True))
         f.br(done)
         f.block(done)
+        if share is not None:
+            self.units_left -= share - self.vleft
+            self.code_left -= code - self.cleft
+            self.caps_left -= 1
+            self.vleft = None
 
     def new_value(self) -> None:
         """Start a top-level value: a fresh value number (CPU in the top bits) for pointer de-duplication."""
@@ -925,6 +952,9 @@ class _SiteProgram(_Program):
     # -- values -----------------------------------------------------------------------------------------------
     def _node(self) -> None:
         self.gen._nodes += 1
+        if self.vleft is not None:
+            self.vleft -= self.mult
+            self.cleft -= 1
         if self.gen._nodes > MAX_NODES:
             raise CodegenError("the captured values need too much eBPF code; capture fewer or smaller values "
                                "(e.g. a field instead of a whole struct), or lower pointer_depth")
@@ -965,7 +995,7 @@ class _SiteProgram(_Program):
             for fl in shape.fields:
                 self.value_at(fl.type, f.add(addr, fl.offset), level, depth)
         elif isinstance(shape, V.Array):
-            n = self._count(shape.length, shape.elem_size)
+            n = self._afford(self._count(shape.length, shape.elem_size), shape.elem, depth, level)
             self.put((8, OK), (32, n))
             self.loop(n, lambda i: self.value_at(shape.elem, f.add(addr, f.mul(i, shape.elem_size)), level, depth))
         else:  # nested deeper than the staging buffers: cut here rather than guess
@@ -973,6 +1003,94 @@ class _SiteProgram(_Program):
 
     def _count(self, length: int, elem_size: int) -> int:
         return V.captured_count(length, elem_size, self.limits.collection_bytes, self.limits.min_elements)
+
+    # -- verification budget (events) -------------------------------------------------------------------------
+    def _est(self, tid: int, depth: int, level: int) -> int:
+        """Value nodes (loop iterations counted) the code for *tid* would have, as value_at/ser_local write it."""
+        memo = self.gen.__dict__.setdefault("_estimates", {})
+        key = (tid, depth, level)
+        if key in memo:
+            return memo[key]
+        memo[key] = EST_CAP  # a type reached again while estimating itself: costly
+        sh = self.table[tid].shape
+        pd = self.limits.pointer_depth
+        if level >= STAGE_LEVELS or isinstance(sh, (V.Scalar, V.String, V.Opaque)):
+            c = 1
+        elif isinstance(sh, V.Func):
+            c = 1 + (sum(self._est(cl.context, depth, level) for cl in self.table.closures[:16]) if depth < pd else 0)
+        elif isinstance(sh, V.Struct):
+            c = 1 + sum(self._est(fl.type, depth, level) for fl in sh.fields)
+        elif isinstance(sh, V.Array):
+            n = self._count(sh.length, sh.elem_size)
+            c = 1 + (n // 8 if self._fast(sh.elem, n) else n * self._est(sh.elem, depth, level))
+        elif isinstance(sh, V.Slice):
+            n = self._count(1 << 40, sh.elem_size) if sh.elem_size else self.limits.min_elements
+            c = 2 + (n // 8 if self._fast(sh.elem, n) else n * self._est(sh.elem, depth, level + 1))
+        elif isinstance(sh, V.Pointer):
+            c = 2 if sh.elem is None or depth >= pd else 2 + self._est(sh.elem, depth + 1, level + 1)
+        elif isinstance(sh, V.Interface):
+            c = 2 + sum(self._est(t, depth, level + 1) for _rt, t in self._candidates(depth))
+        elif isinstance(sh, (V.SwissMap, V.ClassicMap)):
+            slots = 8 if isinstance(sh, V.SwissMap) else 8 * MAX_SMALL_CHAIN
+            c = 2 + slots * (self._est(sh.key, depth, level + 1) + self._est(sh.elem, depth, level + 1))
+        elif isinstance(sh, V.Chan):
+            n = self._count(1 << 40, sh.elem_size) if sh.elem_size else self.limits.min_elements
+            c = 2 + n * self._est(sh.elem, depth, level + 1)
+        elif isinstance(sh, V.TypeParam):
+            c = 1 + self._est(sh.shape, depth, level)
+        else:
+            c = 1
+        memo[key] = min(c, EST_CAP)
+        return memo[key]
+
+    def _fast(self, elem: int, n: int) -> bool:
+        """Scalar elements written by a tight loop (one status byte and the bytes each, no checks between)."""
+        sh = self.table[elem].shape
+        return not self.gen.defer and isinstance(sh, V.Scalar) and n * (1 + sh.size) <= FAST_SCALARS
+
+    def _afford(self, n: int, elem: int, depth: int, level: int) -> int:
+        """How many of *n* elements the capture's budget pays for, each written shallowly (at least one)."""
+        if self.vleft is None or n <= 1:
+            return n
+        one = self._est(elem, self.limits.pointer_depth, level)
+        if one > self.cleft:
+            return 1  # one copy of the element's code is all a loop has; the budget then cuts inside it
+        return max(1, min(n, self.vleft // max(1, self.mult * one)))
+
+    def _fits(self, cost: int) -> bool:
+        return self.vleft is None or (cost * self.mult <= self.vleft and cost <= self.cleft)
+
+    def scalars(self, elem: int, src: str, n: str | int, max_n: int) -> None:
+        """*n* (at most *max_n*) scalar elements staged at *src*: status byte and bytes each. The caller checked the
+        budget position; max_n * (1 + size) <= FAST_SCALARS keeps the writes inside the output's slack. Small
+        elements go several an iteration (the verifier walks every iteration); the last one may write and read
+        a few bytes past the elements, inside the scratch area, and the position ends after the n-th."""
+        f = self.fn
+        size = self.table[elem].shape.size
+        k = max(1, 8 // size) if size in (1, 2, 4) else 1
+        stride = 1 + size
+        pos0 = f.load(self.posp, volatile=True)
+        if self.vleft is not None:
+            self.vleft -= self.mult * max(1, -(-max_n // k) * (8 + 3 * k) // 40)
+
+        def group(i: str) -> None:
+            out = f.gep(self.scratch, f.and_(f.barrier(f.add(pos0, f.mul(i, k * stride))), HALF - 1))
+            inp = f.gep(src, f.mul(i, k * size))
+            for j in range(k):
+                dst = f.gep(out, j * stride)
+                f.store(dst, OK, 8)
+                w = 0
+                while w < size:
+                    c = 8 if size - w >= 8 else 4 if size - w >= 4 else 2 if size - w >= 2 else 1
+                    f.store(f.gep(dst, 1 + w), f.load(f.gep(inp, j * size + w), 8 * c), 8 * c)
+                    w += c
+
+        groups = n if k == 1 else f.op(f"lshr i64 {f.add(n, k - 1)}, {k.bit_length() - 1}") if isinstance(n, str) \
+            else -(-n // k)
+        mult, self.mult = self.mult, 0  # charged above
+        self.loop(groups, group, -(-max_n // k))
+        self.mult = mult
+        f.store(self.posp, f.add(pos0, f.mul(n, stride)))
 
     def _read_header(self, shape, addr: str, level: int, done: str) -> str:
         """Read a map header or an hchan into the level's staging buffer; unreadable: status 1 and *done*."""
@@ -1002,7 +1120,12 @@ class _SiteProgram(_Program):
         f(f"{i} = phi i64 [0, %{pre}], [%NEXT_{head}, %LATCH_{head}]")
         f.cbr(f.op(f"and i1 {f.icmp('ult', i, bound)}, {f.icmp('ult', i, max_bound)}"), inner, after)
         f.block(inner)
-        body(i)
+        outer = self.mult
+        self.mult = outer * max(1, max_bound)  # the verifier walks the body once per iteration
+        try:
+            body(i)
+        finally:
+            self.mult = outer
         nxt = f.add(i, 1)
         latch = f.current_label()
         f.loop_back(head)
@@ -1039,8 +1162,13 @@ class _SiteProgram(_Program):
                 self.ser_local(fl.type, f.gep(p, fl.offset), level, depth)
         elif isinstance(shape, V.Array):
             n = self._count(shape.length, shape.elem_size)
-            self.put((8, OK), (32, n))
-            self.loop(n, lambda i: self.ser_local(shape.elem, f.gep(p, f.mul(i, shape.elem_size)), level, depth))
+            if self._fast(shape.elem, n):
+                self.put((8, OK), (32, n))
+                self.scalars(shape.elem, p, n, n)
+            else:
+                n = self._afford(n, shape.elem, depth, level)
+                self.put((8, OK), (32, n))
+                self.loop(n, lambda i: self.ser_local(shape.elem, f.gep(p, f.mul(i, shape.elem_size)), level, depth))
         elif isinstance(shape, V.Slice):
             self.slice(shape, p, level, depth)
         elif isinstance(shape, V.Pointer):
@@ -1127,6 +1255,9 @@ class _SiteProgram(_Program):
         self.put((8, OK), (64, ptr), (64, length), (64, cap))
         size = shape.elem_size
         c = self._count(1 << 40, size) if size else self.limits.min_elements
+        fast = self._fast(shape.elem, c)
+        if not fast:
+            c = self._afford(c, shape.elem, depth, level + 1)
         sane = f.icmp("ult", length, 1 << 40)
         n = f.select(sane, length, 0)
         n = f.barrier(f.select(f.icmp("ugt", n, c), c, n))
@@ -1143,7 +1274,10 @@ class _SiteProgram(_Program):
             f.br(done)
             f.block(yes)
             self.put32(n)
-            self.loop(n, lambda i: self.ser_local(shape.elem, f.gep(stage, f.mul(i, size)), level + 1, depth), c)
+            if fast:
+                self.scalars(shape.elem, stage, n, c)
+            else:
+                self.loop(n, lambda i: self.ser_local(shape.elem, f.gep(stage, f.mul(i, size)), level + 1, depth), c)
             f.br(done)
             f.block(done)
         else:
@@ -1171,7 +1305,8 @@ class _SiteProgram(_Program):
         self.put8(PTR_SEEN)
         f.br(done)
         f.block(fresh)
-        if depth >= self.limits.pointer_depth or self.gen._nodes > MAX_NODES // 2:
+        if depth >= self.limits.pointer_depth or self.gen._nodes > MAX_NODES // 2 or not self._fits(
+                self._est(shape.elem, self.limits.pointer_depth, level + 1)):
             self.put8(PTR_DEPTH)
         else:
             self.remember(addr)
@@ -1228,7 +1363,13 @@ class _SiteProgram(_Program):
         f.br(done)
         f.block(nonnil)
         rt = f.sub(typ, self.types_base)
+        cands, spent = [], 0
         for off, tid in self._candidates(depth):
+            spent += self._est(tid, depth, level + 1) if self.vleft is not None else 0
+            if not self._fits(spent):
+                break  # the rest are named from their type descriptor, not decoded
+            cands.append((off, tid))
+        for off, tid in cands:
             hit, nxt = f.label("dyn"), f.label("dyn_next")
             f.cbr(f.icmp("eq", rt, off), hit, nxt)
             f.block(hit)
@@ -1327,29 +1468,34 @@ class _SiteProgram(_Program):
             f.block(large)
             self.defer(tid, p, 8, depth, start)
             f.br(done)
-        else:
+        elif self._fits((8 if isinstance(shape, V.SwissMap) else 8 * MAX_SMALL_CHAIN) * (
+                self._est(shape.key, depth, level + 1) + self._est(shape.elem, depth, level + 1))):
             f.cbr(small, walk, end)
-        f.block(walk)
-        if isinstance(shape, V.SwissMap):
-            self._swiss_group(shape, first, written, level, depth)
-        else:
-            cur = f.gep(self.scratch, MAPN_OFF + 8 * STAGE_LEVELS)  # the bucket being walked
-            f.store(cur, first)
+        else:  # walking it would take more than the capture's budget: the count only, like a large map
+            f.br(end)
+            walk = None
+        if walk is not None:
+            f.block(walk)
+            if isinstance(shape, V.SwissMap):
+                self._swiss_group(shape, first, written, level, depth)
+            else:
+                cur = f.gep(self.scratch, MAPN_OFF + 8 * STAGE_LEVELS)  # the bucket being walked
+                f.store(cur, first)
 
-            def bucket(_i: str) -> None:
-                b_addr = f.load(cur, volatile=True)
-                go, stop = f.label("bucket"), f.label("bucket_done")
-                f.cbr(f.icmp("ne", b_addr, 0), go, stop)
-                f.block(go)
-                self._classic_bucket(shape, b_addr, written, level, depth)
-                tmp = f.gep(self.scratch, TMP_OFF)
-                bad_o = self.read_user(tmp, 8, f.add(b_addr, shape.overflow_off))
-                f.store(cur, f.select(bad_o, 0, f.load(tmp)))
-                f.br(stop)
-                f.block(stop)
+                def bucket(_i: str) -> None:
+                    b_addr = f.load(cur, volatile=True)
+                    go, stop = f.label("bucket"), f.label("bucket_done")
+                    f.cbr(f.icmp("ne", b_addr, 0), go, stop)
+                    f.block(go)
+                    self._classic_bucket(shape, b_addr, written, level, depth)
+                    tmp = f.gep(self.scratch, TMP_OFF)
+                    bad_o = self.read_user(tmp, 8, f.add(b_addr, shape.overflow_off))
+                    f.store(cur, f.select(bad_o, 0, f.load(tmp)))
+                    f.br(stop)
+                    f.block(stop)
 
-            self.loop(MAX_SMALL_CHAIN, bucket)
-        f.br(end)
+                self.loop(MAX_SMALL_CHAIN, bucket)
+            f.br(end)
         f.block(end)
         at = f.and_(f.barrier(n_at), HALF - 1)
         f.store(f.gep(self.scratch, at), f.load(written, volatile=True), 32)
@@ -1421,6 +1567,7 @@ class _SiteProgram(_Program):
         recvq, sendq = f.load(f.gep(stage, shape.recvq_first_off)), f.load(f.gep(stage, shape.sendq_first_off))
         self.put((8, 0), (64, qcount), (64, cap), (8, f.op(f"zext i1 {f.icmp('ne', closed, 0)} to i64")))
         c = self._count(1 << 40, shape.elem_size) if shape.elem_size else self.limits.min_elements
+        c = self._afford(c, shape.elem, depth, level + 1)
         queued = f.select(f.icmp("ult", qcount, cap), qcount, cap)
         n = f.barrier(f.select(f.icmp("ugt", queued, c), c, queued))
         self.put32(n)
