@@ -78,9 +78,11 @@ def test_a_rejected_program_names_the_probe_and_shows_the_verifier_log(monkeypat
     binary = build_fixture("calls", VERSIONS[-1], "opt")
     monkeypatch.setattr(G, "PROGRAM_UNITS", 1 << 40)
     with running(binary) as proc, pytest.raises(VerifierError) as info:
-        stream_events([proc.pid], EventRequest.build("strings.(*genericReplacer).lookup", ["r"]))
+        stream_events([proc.pid], EventRequest.build("strings.(*genericReplacer).lookup", ["s", "r", "ignoreRoot"]))
     text = str(info.value)
     assert "probe entry of strings.(*genericReplacer).lookup at 0x" in text
+    # The expression is named: only the trie is rejected on its own.
+    assert "rejects 'r' even alone" in text and "'s'" not in text
     assert "too large" in text and "last " in text and "log lines" in text
 
 

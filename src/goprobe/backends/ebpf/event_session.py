@@ -15,7 +15,7 @@ import attrs
 from goprobe.backends.ebpf import event_codegen as G
 from goprobe.backends.ebpf import syscall as sc
 from goprobe.backends.ebpf.errors import VerifierError
-from goprobe.backends.ebpf.llvm_target import compile_to_object
+from goprobe.backends.ebpf.llvm_target import CodegenError, compile_to_object
 from goprobe.backends.ebpf.object_file import BpfObject
 from goprobe.backends.ebpf.program import LoadedProgram, load_program
 from goprobe.backends.ebpf.ringbuf import RingBuffer
@@ -87,11 +87,35 @@ class EventSession:
                 prog = load_program(obj, section, name=fname[:15], expected_attach_type=choose_attach_type(
                     len(offsets)))
             except VerifierError as exc:
+                culprits = self._culprits(fds, limits, index) if index >= 0 else []
+                if culprits:
+                    what += (f": the verifier rejects {', '.join(repr(c) for c in culprits)} even alone; capture "
+                             "a smaller part of it (a field, an element) or lower the limits")
+                elif index >= 0:
+                    what += ": every capture loads alone, not all together; split them over several requests"
                 exc.args = (f"{what}: {exc}",)
                 raise
             self.programs.append(self._own(prog))
             self.attachments.append(self._own(attach_uprobes(prog, self.path, offsets, self.pids)))
         self.ring = self._own(RingBuffer(self.events))
+
+    def _culprits(self, fds, limits: G.Limits, index: int) -> list[str]:
+        """The captures of site *index* whose program the verifier rejects even when it holds that capture alone
+        (only called after a rejection, to name the expression in the error)."""
+        site = self.plan.sites[index]
+        bad = []
+        for label, caps in G._group(site.captures):
+            alone = attrs.evolve(site, captures=tuple(caps), returns=(), condition=None)
+            plan = attrs.evolve(self.plan, sites=(alone,), callers=(), stack=False)
+            try:
+                generated = G.generate(plan, fds, limits)
+                obj = BpfObject(compile_to_object(generated.ir, name="culprit"), name="culprit")
+                for section, fname, i in generated.sections:
+                    if i == 0:
+                        load_program(obj, section, name=fname[:15]).close()
+            except (VerifierError, CodegenError):
+                bad.append(label)
+        return bad
 
     # -- reading --------------------------------------------------------------------------------------------
     def poll(self, callback: Callable[[bytes], object], timeout: float | None) -> int:
