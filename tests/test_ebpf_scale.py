@@ -24,7 +24,7 @@ from goprobe.events import stream_events
 from goprobe.request import EventRequest
 from goprobe.snapshot import load_bias, take_snapshot
 from goprobe.testing.fixture_process import running
-from goprobe.testing.requests import DEFAULT_PACKAGES, scale_request
+from goprobe.testing.requests import DEFAULT_PACKAGES, measure_event_request, scale_request
 
 pytestmark = requires_bpf
 
@@ -96,3 +96,19 @@ def test_snapshot_with_100_functions_x_20_expressions_through_ebpf():
         (process,) = doc["processes"]
         assert process.get("backend", "ebpf") == "ebpf" and process["goroutines"]
         assert os.path.exists(f"/proc/{proc.pid}")
+
+
+@pytest.mark.parametrize("at_return", [False, True], ids=["entry", "return"])
+def test_event_programs_for_every_kinds_variable_verify(go_version, build_mode, at_return):
+    """Every function of the kinds fixture probed with every variable it reports (every Go kind): each program
+    loads, for every Go release and build mode."""
+    from test_ebpf_snapshot import _kinds_request
+
+    binary = build_fixture("kinds", go_version, build_mode)
+    with GoBinary(binary) as b, running(binary) as proc:
+        request = _kinds_request(b, proc.truth)
+    with GoBinary(binary) as b:
+        figures = measure_event_request(b, request, at_return=at_return)
+    failed = [(f.function, f.error) for f in figures if f.error]
+    assert not failed
+    assert len({f.function for f in figures}) == len(request) >= 10

@@ -135,9 +135,10 @@ class ProgramFigures:
 
 
 def measure_event_request(b: GoBinary, request: dict[str, list[str]], *, limits=None,
-                          on_program=None) -> list[ProgramFigures]:
-    """Compile an event request per function (entry probes) and load every program into the kernel without
-    attaching it: loading is verification. Programs are unloaded right after; maps are shared."""
+                          on_program=None, **build) -> list[ProgramFigures]:
+    """Compile an event request per function (entry probes; *build*: more EventRequest.build arguments, e.g.
+    ``at_return=True``) and load every program into the kernel without attaching it: loading is verification.
+    Programs are unloaded right after; maps are shared."""
     from goprobe.backends.ebpf import event_codegen as G
     from goprobe.backends.ebpf import syscall as sc
     from goprobe.backends.ebpf.llvm_target import compile_to_object
@@ -160,7 +161,7 @@ def measure_event_request(b: GoBinary, request: dict[str, list[str]], *, limits=
         fds = G.MapFds(*(m.fd for m in maps))
         for fn, exprs in request.items():
             try:
-                plan = compile_event(b, EventRequest.build(fn, exprs))
+                plan = compile_event(b, EventRequest.build(fn, exprs, **build))
                 gen = G.generate(plan, fds, limits)
                 obj = BpfObject(compile_to_object(gen.ir, name=fn), name=fn)
             except GoprobeError as e:
