@@ -10,7 +10,11 @@ every read crosses processes).
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 
@@ -84,10 +88,11 @@ def _plain(mnem: str, ops: str) -> bool:
 class _Shard:
     """One program of a snapshot: it walks every goroutine and captures in the frames of its plans."""
 
-    def __init__(self, owner: EbpfSnapshotter, plans: frozenset[int], glim, pid: int, ring_bytes: int) -> None:
+    def __init__(self, owner: EbpfSnapshotter, plans: frozenset[int], glim, pid: int, ring_bytes: int,
+                 index: int) -> None:
         own = owner._own
         self.plans = plans
-        self.index = len(owner.shards)
+        self.index = index
         self.events = own(sc.create_ringbuf(ring_bytes, name="gp_snap"))
         self.fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
         maps = S.SnapshotMapFds(owner.scratch.fd, self.events.fd, owner.rows.fd, owner.seen.fd, owner.pc_cache.fd,
@@ -133,26 +138,32 @@ class EbpfSnapshotter:
             glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
                             limits.pointer_depth, None, None, False)
             ring = ring_size_for(goroutines_hint)
-            self.shards: list[_Shard] = []
-            for group in _groups(plan):
-                self._load(group, glim, pid, ring)
+            self._indices = itertools.count()
+            self._index_lock = threading.Lock()
+            groups = _groups(plan)
+            # Each program is compiled (in a child process) and verified (in the kernel) on its own: a request
+            # split into several programs loads them side by side, one per CPU.
+            with ThreadPoolExecutor(max_workers=max(1, min(len(groups), os.cpu_count() or 1))) as pool:
+                parts = list(pool.map(lambda group: self._load(group, glim, pid, ring), groups))
+            self.shards: list[_Shard] = [shard for part in parts for shard in part]
             self.generated = self.shards[0].generated
             self.program = self.shards[0].program
         except BaseException:
             self.close()
             raise
 
-    def _load(self, plans: list[int], glim, pid: int, ring: int) -> None:
+    def _load(self, plans: list[int], glim, pid: int, ring: int) -> list[_Shard]:
         """Load a program for *plans*; if the verifier or LLVM finds it too large, split it in two."""
+        with self._index_lock:
+            index = next(self._indices)
         try:
-            self.shards.append(_Shard(self, frozenset(plans), glim, pid, ring))
+            return [_Shard(self, frozenset(plans), glim, pid, ring, index)]
         except (VerifierError, CodegenError) as exc:
             too_big = isinstance(exc, CodegenError) or "too large" in str(exc) or "too complex" in str(exc)
             if len(plans) <= 1 or not too_big:
                 raise
             half = len(plans) // 2
-            self._load(plans[:half], glim, pid, ring)
-            self._load(plans[half:], glim, pid, ring)
+            return self._load(plans[:half], glim, pid, ring) + self._load(plans[half:], glim, pid, ring)
 
     def _own(self, thing):
         self._closables.append(thing)
