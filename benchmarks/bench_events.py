@@ -10,9 +10,12 @@ record decoder runs, and whether a live stream keeps up with a function called a
                      iterates the EventStream (decoding every event, as ``goprobe events`` does)
      goprobe/after   the same probe, records held by the stream's drain (64 MiB ring) and read after the spin
      filtered        the same probe with ``when='n < 0'``: every hit filtered in the kernel
+     base/after      (with --baseline REV) goprobe/after with the event code generator of git revision REV,
+                     to compare generator changes side by side in one run
    "added" = ns/call − ns/call of `none`; the ratio goprobe/empty (goal ≤ 1.2×) compares added costs.
-   Then one pass with the kernel's BPF run-time statistics on (BPF_ENABLE_STATS) splits the added cost into
-   time inside the BPF program and the rest (trap, uprobe dispatch) — that pass is not part of the timings.
+   Then passes with the kernel's BPF run-time statistics on (BPF_ENABLE_STATS; --stats-rounds, median) split
+   the added cost into time inside the BPF program and the rest (trap, uprobe dispatch) — those passes are not
+   part of the timings.
 2. EventRecordDecoder.decode over ~100k raw records of that probe (recorded in step 1), on one core (goal
    ≥ 200,000 events/s), as EventRecordDecoder is; if its value decoder is not goprobe.decoder.ValueDecoder,
    the same records also through an EventRecordDecoder given a ValueDecoder (the generic baseline). Also
@@ -31,7 +34,8 @@ Timings are noisy on a shared VM; nothing here asserts a timing. "other CPUs" co
 other processes kept busy meanwhile: a live consumer needs a CPU of its own beside the target's.
 
 Usage: python benchmarks/bench_events.py [--quick] [--go VERSION] [--rounds N] [--spin S] [--e2e-spin S]
-       [--steps 1,2,3] [--backlog MIB] [--consumers process,thread,inline] [--rings 16,64]
+       [--steps 1,2,3] [--backlog MIB] [--consumers process,thread,inline] [--rings 16,64] [--baseline REV]
+       [--stats-rounds N]
 """
 
 from __future__ import annotations
@@ -45,12 +49,15 @@ import itertools
 import os
 import select
 import statistics
+import subprocess
 import sys
+import types
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from goprobe.backends.ebpf import event_codegen
 from goprobe.backends.ebpf import syscall as sc
 from goprobe.backends.ebpf.llvm_target import compile_to_object
 from goprobe.backends.ebpf.program import load_program
@@ -174,6 +181,35 @@ def prog_run_ns(prog) -> tuple[int, int]:
     return int(info["run_cnt"]), int(info["run_time_ns"])
 
 
+# -- another revision's code generator (--baseline) ----------------------------------------------------------------
+
+CODEGEN = "src/goprobe/backends/ebpf/event_codegen.py"
+
+
+def codegen_at(rev: str) -> types.ModuleType:
+    """event_codegen as it is at git revision *rev* (loaded beside the current one)."""
+    text = subprocess.run(["git", "show", f"{rev}:{CODEGEN}"], cwd=ROOT, check=True, capture_output=True).stdout
+    mod = types.ModuleType(f"event_codegen_{rev}")
+    mod.__file__ = f"{rev}:{CODEGEN}"
+    sys.modules[mod.__name__] = mod  # attrs classes look their module up
+    exec(compile(text, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+@contextmanager
+def generator(mod: types.ModuleType):
+    """Sessions created meanwhile generate their programs with *mod* (the scratch map keeps the current size,
+    which is at least the old one's)."""
+    if mod.SCRATCH_SIZE > event_codegen.SCRATCH_SIZE:
+        raise RuntimeError("the baseline generator needs a larger scratch area than the current one creates")
+    current = event_codegen.generate
+    event_codegen.generate = mod.generate
+    try:
+        yield
+    finally:
+        event_codegen.generate = current
+
+
 # -- the configurations of step 1 -------------------------------------------------------------------------------
 
 class Bench:
@@ -188,6 +224,7 @@ class Bench:
         self.decoder: EventRecordDecoder | None = None
         self.drain_rate: float | None = None    # records/s split out of drained spans (no decoding)
         self.goprobe_method = "?"               # how goprobe attached its probe
+        self.baseline: types.ModuleType | None = None  # --baseline: another revision's event_codegen
         self.notes: list[str] = []
 
     def request(self, when: str | None = None) -> EventRequest:
@@ -239,6 +276,17 @@ class Bench:
                 self.drain_rate = len(records) / drain_s if drain_s > 0 else None
                 self.records = records
                 self.decoder = s.decoder
+        return count, {"hits": c.hits, "dropped": c.dropped, "runs": run[0], "run_ns": run[1]}
+
+    def baseline_after(self, stats=False):
+        assert self.baseline is not None
+        with generator(self.baseline):
+            s = self.stream(self.request(), PER_HIT_RING)
+        with s:
+            count = self.calls.spin(self.spin_s)
+            s.session.detach()
+            c = s.counters()
+            run = prog_run_ns(s.session.programs[0])
         return count, {"hits": c.hits, "dropped": c.dropped, "runs": run[0], "run_ns": run[1]}
 
     def filtered(self, stats=False):
@@ -336,12 +384,14 @@ class InlineConsumer(Consumer):
 
 # -- steps --------------------------------------------------------------------------------------------------------
 
-def per_hit(bench: Bench, rounds: int, methods: list[str]) -> dict[str, dict]:
+def per_hit(bench: Bench, rounds: int, methods: list[str], stats_rounds: int = 1) -> dict[str, dict]:
     configs = {"none": bench.none}
     for m in methods:
         configs[f"empty/{'perf' if m == 'perf' else 'multi'}"] = functools.partial(bench.empty, m)
     configs.update({"goprobe/live": bench.goprobe_live, "goprobe/after": bench.goprobe_after,
                     "filtered": bench.filtered})
+    if bench.baseline is not None:
+        configs["base/after"] = bench.baseline_after
     names = list(configs)
     ns: dict[str, list[float]] = {n: [] for n in names}
     facts: dict[str, list[dict]] = {n: [] for n in names}
@@ -356,16 +406,19 @@ def per_hit(bench: Bench, rounds: int, methods: list[str]) -> dict[str, dict]:
             facts[name].append(extra)
         print(f"  round {r + 1}/{rounds}: " + "  ".join(f"{n} {ns[n][-1]:.0f}" for n in names) + " ns/call; other "
               f"CPUs {max(facts[n][-1]['other_cpus'] for n in names):.1f} at most", flush=True)
-    # One pass with BPF statistics on: time spent inside each program per hit.
-    in_bpf: dict[str, float | None] = {n: None for n in names}
+    # Passes with BPF statistics on (median): time spent inside each program per hit.
+    in_bpf_runs: dict[str, list[float]] = {n: [] for n in names}
     with bpf_run_time_stats() as on:
         if on:
-            for name in names[1:]:
-                _, extra = configs[name](stats=True)
-                if extra.get("runs"):
-                    in_bpf[name] = extra["run_ns"] / extra["runs"]
+            for r in range(stats_rounds):
+                order = names[1:][r % (len(names) - 1):] + names[1:][:r % (len(names) - 1)]
+                for name in order:
+                    _, extra = configs[name](stats=True)
+                    if extra.get("runs"):
+                        in_bpf_runs[name].append(extra["run_ns"] / extra["runs"])
         else:
             bench.notes.append("BPF_ENABLE_STATS failed: no in-BPF time breakdown")
+    in_bpf = {n: statistics.median(v) if v else None for n, v in in_bpf_runs.items()}
     base = statistics.median(ns["none"])
     out = {}
     for name in names:
@@ -502,6 +555,10 @@ def main() -> int:
     ap.add_argument("--e2e-runs", type=int, default=None, help="runs per ring size in step 3 (default 2; quick 1)")
     ap.add_argument("--consumers", default="process,thread,inline", help="consumers of step 3, rotated per run")
     ap.add_argument("--rings", default="16,64", help="ring sizes of step 3 in MiB (default 16,64)")
+    ap.add_argument("--stats-rounds", type=int, default=1,
+                    help="passes with BPF run-time statistics on in step 1 (median in-BPF time; default 1)")
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="step 1 also runs goprobe/after with the event code generator of git revision REV")
     ap.add_argument("--steps", default="1,2,3", help="which steps to run (default 1,2,3; step 2 needs step 1)")
     ap.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG_BYTES // MIB,
                     help=f"EventStream backlog limit in MiB in step 3 (default {DEFAULT_BACKLOG_BYTES // MIB})")
@@ -531,13 +588,15 @@ def main() -> int:
         with running(path) as fx:
             calls = Calls(fx)
             bench = Bench(calls, binary, path, offset, spin_s)
+            if args.baseline:
+                bench.baseline = codegen_at(args.baseline)
 
             hit: dict[str, dict] = {}
             dec: dict = {"error": "step 2 not run"}
             e2e: list[dict] = []
             if 1 in steps:
                 print(f"\n1. per-hit cost: {rounds} alternating rounds of 'spin {spin_s}' per configuration")
-                hit = per_hit(bench, rounds, methods)
+                hit = per_hit(bench, rounds, methods, args.stats_rounds)
 
             if 2 in steps:
                 print(f"\n2. decoder: EventRecordDecoder.decode over {n_decode} records, {decode_runs} runs")
@@ -601,6 +660,9 @@ def print_per_hit(hit: dict, bench: Bench, rounds: int, spin_s: float) -> None:
     if ref:
         live, after = hit["goprobe/live"]["added"] / ref, hit["goprobe/after"]["added"] / ref
         print(f"goprobe/empty ratio: {live:.2f}x live consumer, {after:.2f}x drained after (goal <= 1.20x)")
+        if "base/after" in hit:
+            print(f"baseline generator ({bench.baseline.__file__.split(':')[0]}): "
+                  f"{hit['base/after']['added'] / ref:.2f}x drained after")
 
 
 def print_decoder(dec: dict) -> None:

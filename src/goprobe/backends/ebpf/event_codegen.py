@@ -49,7 +49,16 @@ FIX_OFF = DICT_OFF + 8
 FIX_DATA = 48  # in-hand bytes a fix-up carries
 BY_ADDRESS = 0xFFFFFFFF  # a fix-up's size when it carries the value's address instead of its bytes
 FIXUP = struct.Struct("<QIIIIQQ48s")  # g, capture length pos, marker pos, type id, size, dictionary, depth, data
-SCRATCH_SIZE = FIX_OFF + FIXUP.size + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
+# Captures reached through the same pointer (req.ID, req.Path): the pointer is followed once and the bytes of
+# all of them read in one bpf_probe_read_user (each read costs some 65-85 ns a hit, most of a probe's cost).
+# Per group a slot (u64 base address, u32 state, u32 failure reason), then the groups' bytes.
+MERGE_GROUPS = 8
+MERGE_SPAN = 256  # bytes one merged read may cover (a larger read costs little more, but reads unused bytes)
+MERGE_OFF = FIX_OFF + FIXUP.size
+MERGE_DATA_OFF = MERGE_OFF + 16 * MERGE_GROUPS
+MERGE_DATA = 1024
+MERGE_PREFIX_FAILED, MERGE_READ_FAILED, MERGE_READ = 0, 1, 2
+SCRATCH_SIZE = MERGE_DATA_OFF + MERGE_DATA + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
 BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one value never writes 8 KiB at once
 MAX_STRING = 4096  # string payload bytes per value in the kernel
 MAX_STACK = 64  # frames walked for the stack and for caller frames
@@ -210,6 +219,26 @@ class _Program:
         f, gl = self.fn, self.gen.plan.goroutines
         g = self.reg(R14)
         tmp = f.gep(self.scratch, TMP_OFF)
+        lo = min(gl.goid, gl.stack_hi)
+        span = max(gl.goid, gl.stack_hi) + 8 - lo
+        if want_hi and span <= MERGE_SPAN:
+            # Both fields in one read (stage 0 is free before the captures); the separate reads only if it fails.
+            stage = f.gep(self.scratch, STAGE_OFF)
+            res = f.gep(tmp, 16)  # goid, stack.hi
+            bad = self.read_user(stage, span, f.add(g, lo))
+            one, two, done = f.label("g_read"), f.label("g_fields"), f.label("g_done")
+            f.cbr(bad, two, one)
+            f.block(one)
+            f.store(res, f.load(f.gep(stage, gl.goid - lo)))
+            f.store(f.gep(res, 8), f.load(f.gep(stage, gl.stack_hi - lo)))
+            f.br(done)
+            f.block(two)
+            for k, off in enumerate((gl.goid, gl.stack_hi)):
+                bad = self.read_user(tmp, 8, f.add(g, off))
+                f.store(f.gep(res, 8 * k), f.select(bad, 0, f.load(tmp)))
+            f.br(done)
+            f.block(done)
+            return f.load(res, volatile=True), f.load(f.gep(res, 8), volatile=True)
         bad = self.read_user(tmp, 8, f.add(g, gl.goid))
         goid = f.select(bad, 0, f.load(tmp))
         if not want_hi:
@@ -323,6 +352,7 @@ class _SiteProgram(_Program):
         self.caps_left = len(here) + len(site.returns) + sum(len(_group(fp.captures)) for fp in callers)
         if self.gen.plan.stack or callers:
             found = self.walk_stack(callers)
+        self.merges = self.merged_reads(here + list(site.returns))
         for cap in here:
             self.capture_here(cap)
         for cap in site.returns:
@@ -535,9 +565,110 @@ class _SiteProgram(_Program):
             f.block(done)
 
     # -- captures ---------------------------------------------------------------------------------------------
+    merges: dict = {}  # id(capture) → (group, offset from the group's base, offset of its bytes in the scratch)
+
     def capture_here(self, cap: VariableCapture) -> None:
         """A capture in the probed frame, whose PC (and so its location) is a constant."""
-        self._capture(cap, lambda fail: self.root_here(cap, fail))
+        m = self.merges.get(id(cap))
+        if m is not None:
+            self._capture(cap, lambda fail: self.merged_root(*m, fail), with_path=False)
+        else:
+            self._capture(cap, lambda fail: self.root_here(cap, fail))
+
+    def merged_reads(self, caps: list[VariableCapture]) -> dict:
+        """Captures of the probed frame whose paths follow the same pointers and end in fields of the same
+        target (req.ID, req.Path): the pointers are followed once here and all their bytes read in one read.
+        Each capture then writes its value from those bytes; if the common read fails (the span reaches an
+        unreadable page), it reads its own bytes as before, so records do not change."""
+        f = self.fn
+        groups: dict[tuple, list[tuple[VariableCapture, int, int]]] = {}
+        for cap in caps:
+            if cap.type is None or cap.path is None:
+                continue
+            steps = cap.path.steps
+            k = max((i + 1 for i, st in enumerate(steps) if isinstance(st, A.DerefStep)), default=0)
+            if k == 0 and not cap.escaped:
+                continue  # no pointer followed: the root is in registers or read once anyway
+            if not all(isinstance(st, (A.FieldStep, A.DerefStep, A.IndexStep)) for st in steps[:k]):
+                continue
+            if not all(isinstance(st, A.FieldStep) or isinstance(st, A.IndexStep) and st.container == "array"
+                       for st in steps[k:]):
+                continue
+            size = self.table[cap.type].size
+            if not 0 < size <= MERGE_SPAN:
+                continue
+            off = sum(st.offset if isinstance(st, A.FieldStep) else st.index * st.elem_size for st in steps[k:])
+            loc = None
+            if cap.path.root != "":
+                loc = next((r.location for r in cap.locations if r.low <= self.site.pc < r.high), None)
+                if loc is None:
+                    continue
+            key = (cap.path.root, cap.path.global_address, loc, cap.escaped, cap.root_type, steps[:k])
+            groups.setdefault(key, []).append((cap, off, size))
+        out: dict = {}
+        used = n_groups = 0
+        for key, members in groups.items():
+            lo = min(off for _c, off, _n in members)
+            span = max(off + n for _c, off, n in members) - lo
+            if len(members) < 2 or span > MERGE_SPAN or used + span > MERGE_DATA or n_groups >= MERGE_GROUPS:
+                continue
+            cap0 = members[0][0]
+            slot = f.gep(self.scratch, MERGE_OFF + 16 * n_groups)
+            fail, done = f.label("merge_fail"), f.label("merge_done")
+            try:
+                state = self.root_here(cap0, fail)
+                if key[-1]:  # the steps up to the last pointer followed
+                    state = self.path(attrs.evolve(cap0.path, steps=key[-1]), state, fail)
+            except _Unsupported:
+                state = None
+            if state is not None:  # ("user", the address the fields are at)
+                base = state[1]
+                f.store(slot, base)
+                bad = self.read_user(f.gep(self.scratch, MERGE_DATA_OFF + used), span, f.add(base, lo))
+                f.store(f.gep(slot, 8), f.select(bad, MERGE_READ_FAILED, MERGE_READ), 32)
+            f.br(done)
+            f.block(fail)  # the captures fail as they would on their own: same steps, same reason
+            f.store(f.gep(slot, 8), MERGE_PREFIX_FAILED, 32)
+            f.store(f.gep(slot, 12), f.load(self.reasonp, volatile=True), 32)
+            f.br(done)
+            f.block(done)
+            if state is None:
+                continue
+            for cap, off, _n in members:
+                out[id(cap)] = (n_groups, off, MERGE_DATA_OFF + used + off - lo)
+            used += span
+            n_groups += 1
+        return out
+
+    def merged_root(self, group: int, off: int, data: int, fail: str):
+        """A merged capture's place: its address, or the failure its common steps met."""
+        f = self.fn
+        slot = f.gep(self.scratch, MERGE_OFF + 16 * group)
+        bad, ok = f.label("prefix_failed"), f.label("prefix_ok")
+        f.cbr(f.icmp("eq", f.load(f.gep(slot, 8), 32, volatile=True), MERGE_PREFIX_FAILED), bad, ok)
+        f.block(bad)
+        f.store(self.reasonp, f.load(f.gep(slot, 12), 32, volatile=True))
+        f.br(fail)
+        f.block(ok)
+        return ("merged", (group, f.add(f.load(slot, volatile=True), off), data))
+
+    def value_merged(self, tid: int, group: int, addr: str, data: int) -> None:
+        """value_at(tid, addr, 1, 0) for a capture of a merged group: its bytes are at *data* in the scratch."""
+        f = self.fn
+        self._node()
+        p = f.gep(self.scratch, data)
+        own, no, yes, done = f.label("own_read"), f.label("unreadable"), f.label("readable"), f.label("value_done")
+        state = f.load(f.gep(self.scratch, MERGE_OFF + 16 * group + 8), 32, volatile=True)
+        f.cbr(f.icmp("eq", state, MERGE_READ), yes, own)
+        f.block(own)
+        f.cbr(self.read_user(p, self.table[tid].size, addr), no, yes)
+        f.block(no)
+        self.put((8, UNREADABLE), (64, addr))
+        f.br(done)
+        f.block(yes)
+        self.ser_local(tid, p, 2, 0)
+        f.br(done)
+        f.block(done)
 
     def capture_in_caller(self, label: str, cands: list[VariableCapture], pc: str, cfa: str) -> None:
         if all(c.type is None for c in cands):
@@ -551,8 +682,9 @@ class _SiteProgram(_Program):
         cap = cands[0]
         self._capture(cap, lambda fail: self.root_in_caller(cands, pc, cfa, fail))
 
-    def _capture(self, cap: VariableCapture, root) -> None:
-        """u8 0, u32 length, the value; or u8 1, u8 reason code."""
+    def _capture(self, cap: VariableCapture, root, with_path: bool = True) -> None:
+        """u8 0, u32 length, the value; or u8 1, u8 reason code. *root* gives the root's place (with the access
+        path applied already unless *with_path*)."""
         f = self.fn
         start = f.load(self.posp, volatile=True)
         fail, done = f.label("cap_fail"), f.label("cap_done")
@@ -569,7 +701,7 @@ class _SiteProgram(_Program):
             self.vleft, self.cleft, self.mult = share, code, 1
         try:
             state = root(fail)
-            if cap.path is not None and cap.path.steps:
+            if with_path and cap.path is not None and cap.path.steps:
                 state = self.path(cap.path, state, fail)
         except _Unsupported as exc:
             f.store(self.reasonp, self.gen.reason(str(exc)))
@@ -580,10 +712,13 @@ class _SiteProgram(_Program):
             len_at = f.load(self.posp, volatile=True)
             f.store(f.gep(self.scratch, CAPLEN_OFF), len_at)
             self.put32(0)
-            self.new_value()
+            if self._follows_pointers(cap.type):
+                self.new_value()
             kind, where = state
             if kind == "local":
                 self.ser_local(cap.type, where, 1, 0)
+            elif kind == "merged":
+                self.value_merged(cap.type, *where)
             else:
                 self.value_at(cap.type, where, 1, 0)
             end = f.load(self.posp, volatile=True)
@@ -601,6 +736,26 @@ class _SiteProgram(_Program):
             self.code_left -= code - self.cleft
             self.caps_left -= 1
             self.vleft = None
+
+    def _follows_pointers(self, tid: int) -> bool:
+        """Whether writing a value of *tid* can follow a pointer (and so needs a value number for de-duplication):
+        not for scalars, strings and collections or structs of them."""
+        memo = self.gen.__dict__.setdefault("_follows", {})
+        if tid not in memo:
+            todo, seen, found = [tid], set(), False
+            while todo and not found:
+                t = todo.pop()
+                if t in seen:
+                    continue
+                seen.add(t)
+                sh = self.table[t].shape
+                found = isinstance(sh, (V.Interface, V.Func)) or isinstance(sh, V.Pointer) and sh.elem is not None
+                todo.extend(x for x in (getattr(sh, "elem", None), getattr(sh, "key", None),
+                                        getattr(sh, "shape", None)) if isinstance(x, int))
+                if isinstance(sh, V.Struct):
+                    todo.extend(fl.type for fl in sh.fields)
+            memo[tid] = found
+        return memo[tid]
 
     def new_value(self) -> None:
         """Start a top-level value: a fresh value number (CPU in the top bits) for pointer de-duplication."""
