@@ -73,6 +73,33 @@ def test_entry_events_equal_the_call_log(calls):
     assert [e["ts_ns"] for e in events] == sorted(e["ts_ns"] for e in events)
 
 
+def test_generic_and_closure_arguments(calls):
+    """pick[T] with T = *Request runs as the shaped pick[go.shape.*uint8]: events carry its arguments (in the
+    shape's layout: the dictionary is not resolved in the kernel). The closure passed to apply shows the
+    variable it captured where the DWARF describes its context (Go 1.23+, unoptimised builds)."""
+    n = 6
+    with stream_events([calls.pid], EventRequest.build("main.pick[...]", ["xs", "i"], max_events=n,
+                                                       duration_s=20)) as s:
+        assert calls.command(f"call {n}") == f"done {n}"
+        picks = list(s)
+    with stream_events([calls.pid], EventRequest.build("main.apply", ["f", "x"], max_events=n, duration_s=20)) as s:
+        assert calls.command(f"call {n}") == f"done {n}"
+        applies = list(s)
+    log = calls.log()
+    assert len(picks) == len(applies) == n and len(log) == 2 * n
+    for ev, rec in zip(picks, log[:n]):
+        xs = ev["values"]["xs"]
+        assert ev["values"]["i"] == 1 and len(xs) == 2 and xs[1]["@addr"] != "0x0"
+        assert rec["picked"] == rec["id"]
+    with GoBinary(os.readlink(f"/proc/{calls.pid}/exe")) as b:
+        # Whether this build's DWARF gives the closure's context layout (DW_AT_go_closure_offset).
+        layout = any(v.closure_offset is not None for v in b.function("main.callN.func1").variables)
+    for ev, rec in zip(applies, log[n:]):
+        f = ev["values"]["f"]
+        assert f["@func"] == "main.callN.func1" and ev["values"]["x"] == rec["i"]
+        assert f.get("@captured") == ({"offset": rec["offset"]} if layout else None)
+
+
 def test_return_values_and_durations(calls):
     n = 15
     events, summary = _run(calls, EventRequest.build("main.handle", [], at_return=True, max_events=n,

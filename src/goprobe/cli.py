@@ -156,8 +156,14 @@ def _events(args: argparse.Namespace) -> int:
     out = open(args.output, "w") if args.output else sys.stdout
     try:
         sizes = {k: v for k, v in (("ring_bytes", args.ring), ("backlog_bytes", args.backlog)) if v}
+        # A SIGINT/SIGTERM while the probes are being attached is remembered, then ends the stream cleanly.
+        early: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda num, _frame: early.append(num))
         with stream_events(args.pids, req, **sizes) as stream:
             install_stop_signals(stream)
+            if early:
+                stream.stop()
             print(f"goprobe: probing {req.probe} in {', '.join(map(str, args.pids))} "
                   f"({len(stream.plan.sites)} site{'s' if len(stream.plan.sites) != 1 else ''}); Ctrl-C stops",
                   file=sys.stderr, flush=True)
