@@ -13,6 +13,7 @@ constant bounds and are not unrolled.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import attrs
@@ -61,6 +62,7 @@ MERGE_PREFIX_FAILED, MERGE_READ_FAILED, MERGE_READ = 0, 1, 2
 SCRATCH_SIZE = MERGE_DATA_OFF + MERGE_DATA + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
 BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one value never writes 8 KiB at once
 MAX_STRING = 4096  # string payload bytes per value in the kernel
+MAX_TYPE_ARGUMENTS = 16  # types a type-parameter value is compared with in the kernel
 MAX_STACK = 64  # frames walked for the stack and for caller frames
 MAX_NODES = 12000  # bound on the value-serialisation code of one program
 # Events: the verifier walks every iteration of a bounded loop with its own state, so what a value costs it is
@@ -330,6 +332,7 @@ class _SiteProgram(_Program):
             self.rate_limit(counters, now, out)
         if self._needs_types_base():
             self.types_base = self._types_base()
+        self.site_dictionary()
         goid, hi = self.goid_and_stack_hi(self.gen.plan.kind == "return" and bool(self.gen.plan.entry_pcs))
         duration = "0"
         flags = 0
@@ -350,6 +353,9 @@ class _SiteProgram(_Program):
         here = self._per_label(site.captures)
         self.units_left, self.code_left = PROGRAM_UNITS, PROGRAM_CODE
         self.caps_left = len(here) + len(site.returns) + sum(len(_group(fp.captures)) for fp in callers)
+        # What the captures still to come would cost in full: a cheap one leaves its part of the share to others.
+        self.rest_cost = sum(self._cap_cost(c) for c in [*here, *site.returns,
+                                                        *(cs[0] for fp in callers for _l, cs in _group(fp.captures))])
         if self.gen.plan.stack or callers:
             found = self.walk_stack(callers)
         self.merges = self.merged_reads(here + list(site.returns))
@@ -406,7 +412,7 @@ class _SiteProgram(_Program):
                 continue
             seen.add(tid)
             sh = self.table[tid].shape
-            if isinstance(sh, V.Interface):
+            if isinstance(sh, V.Interface) or (isinstance(sh, V.TypeParam) and not self.gen.defer):
                 return True
             for name in ("elem", "key", "shape"):
                 nxt = getattr(sh, name, None)
@@ -415,6 +421,35 @@ class _SiteProgram(_Program):
             if isinstance(sh, V.Struct):
                 todo.extend(fl.type for fl in sh.fields)
         return False
+
+    def site_dictionary(self) -> None:
+        """Shaped generic code: the frame's dictionary (``.dict``) at the probe PC into scratch, so type-parameter
+        values are written with their real types; 0 where it is not known."""
+        f = self.fn
+        slot = f.gep(self.scratch, DICT_OFF)
+        f.store(slot, 0)
+        shaped = bool(self.site.dictionary) or "go.shape." in self.site.function
+        if self.gen.defer or not shaped:
+            return
+        if self.gen.plan.kind == "entry" and not self.site.inlined and 0 in PT_REGS:
+            # At entry the register ABI has the dictionary in the first integer register (RAX); the DWARF may
+            # already name its stack slot, which the body has not written yet.
+            f.store(slot, self.reg(0))
+            return
+        loc = next((r.location for r in self.site.dictionary if r.low <= self.site.pc < r.high), None)
+        if loc is None or len(loc) != 1:
+            return
+        p = loc[0]
+        if p.kind == E.REGISTER and p.reg in PT_REGS:
+            f.store(slot, self.reg(p.reg))
+        elif p.kind in (E.CFA_MEMORY, E.ADDRESS_MEMORY, E.REGISTER_MEMORY) and not p.indirect:
+            try:
+                addr = self.piece_address(p, "")
+            except _Unsupported:
+                return
+            tmp = f.gep(self.scratch, TMP_OFF)
+            bad = self.read_user(tmp, 8, addr)
+            f.store(slot, f.select(bad, 0, f.load(tmp)))
 
     def _all_captures(self):
         yield from self.site.captures
@@ -696,7 +731,10 @@ class _SiteProgram(_Program):
         share = None
         if not self.gen.defer:
             # An equal share of what the program has left: what earlier captures did not use goes to later ones.
-            share = self.units_left // max(1, self.caps_left)
+            mine = self._cap_cost(cap)
+            self.rest_cost -= mine
+            share = min(self.units_left, max(self.units_left // max(1, self.caps_left),
+                                             self.units_left - max(0, self.rest_cost)))
             code = self.code_left // max(1, self.caps_left)
             self.vleft, self.cleft, self.mult = share, code, 1
         try:
@@ -736,6 +774,12 @@ class _SiteProgram(_Program):
             self.code_left -= code - self.cleft
             self.caps_left -= 1
             self.vleft = None
+
+    def _cap_cost(self, cap: VariableCapture) -> int:
+        """The budget units *cap* would use with nothing cut (capped at the program's units)."""
+        if cap.type is None or self.gen.defer:
+            return 0
+        return min(self._est(cap.type, 0, 0), PROGRAM_UNITS)
 
     def _follows_pointers(self, tid: int) -> bool:
         """Whether writing a value of *tid* can follow a pointer (and so needs a value number for de-duplication):
@@ -1341,12 +1385,47 @@ class _SiteProgram(_Program):
             # Its real type is in the frame's dictionary: goprobe's interpreter resolves it while paused.
             self.defer(tid, p, entry.size, depth, f.sub(f.load(self.posp, volatile=True), 0))
         elif isinstance(shape, V.TypeParam):
-            # The dictionary is not read here: the value is written in its shape's layout.
-            self.put((8, OK), (32, UNKNOWN_TYPE))
-            self.ser_local(shape.shape, p, level, depth)
+            self.type_param(shape, entry, p, level, depth)
         else:  # Opaque
             self.put((8, OK), (32, shape.size))
             self.copy_local(p, shape.size)
+        f.br(done)
+        f.block(done)
+
+    def type_param(self, shape: V.TypeParam, entry: V.TypeEntry, p: str, level: int, depth: int) -> None:
+        """A type parameter's value, written as the type in entry ``index`` of the frame's dictionary when that is
+        one of the table's types of its size (compared in the kernel); else in its shape's layout."""
+        f = self.fn
+        # Candidates: the table's types that fit the shape's name (go.shape.*uint8 stands for any pointer type,
+        # go.shape.int for int and the types defined on it...). Their code is cut by the capture's budget inside.
+        pattern, size = _shape_pattern(entry.name), entry.size
+        cands = [(rt, tid) for rt, tid in sorted(self.table.by_runtime_type.items())
+                 if self.table[tid].size == size and pattern is not None and pattern.fullmatch(self.table[tid].name)
+                 ][:MAX_TYPE_ARGUMENTS]
+        done = f.label("tparam_done")
+        if cands:
+            tmp = f.gep(self.scratch, TMP_OFF)
+            res = f.alloca("i64")
+            f.store(res, -1)
+            dictionary = f.load(f.gep(self.scratch, DICT_OFF), volatile=True)
+            some, known = f.label("tparam_dict"), f.label("tparam_known")
+            f.cbr(f.icmp("eq", dictionary, 0), known, some)
+            f.block(some)
+            bad = self.read_user(tmp, 8, f.add(dictionary, 8 * shape.index))
+            f.store(res, f.select(bad, -1, f.sub(f.load(tmp), self.types_base)))
+            f.br(known)
+            f.block(known)
+            rt = f.load(res)
+            for off, tid in cands:
+                hit, nxt = f.label("targ"), f.label("targ_next")
+                f.cbr(f.icmp("eq", rt, off), hit, nxt)
+                f.block(hit)
+                self.put((8, OK), (32, tid))
+                self.ser_local(tid, p, level, depth)
+                f.br(done)
+                f.block(nxt)
+        self.put((8, OK), (32, UNKNOWN_TYPE))
+        self.ser_local(shape.shape, p, level, depth)
         f.br(done)
         f.block(done)
 
@@ -1802,6 +1881,20 @@ class _SiteProgram(_Program):
         self.put32(UNKNOWN_TYPE)
         f.br(end)
         f.block(end)
+
+
+def _shape_pattern(name: str):
+    """A regular expression for the names of the types a shaped type stands for: each ``go.shape.*X`` is any
+    pointer type, each other ``go.shape.X`` any type (the size check narrows it)."""
+    if "go.shape." not in name:
+        return None
+    out, pos = [], 0
+    for m in re.finditer(r"go\.shape\.(\*?)[\w.]+(\[[^\]]*\])?", name):
+        out.append(re.escape(name[pos:m.start()]))
+        out.append(r"\*.+" if m.group(1) else r".+")
+        pos = m.end()
+    out.append(re.escape(name[pos:]))
+    return re.compile("".join(out))
 
 
 def _first_unreadable_piece(loc: E.Location) -> str | None:
