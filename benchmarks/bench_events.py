@@ -47,7 +47,6 @@ import functools
 import hashlib
 import itertools
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -126,26 +125,11 @@ class Calls:
     def __init__(self, fx) -> None:
         self.fx = fx
         self.pid = fx.pid
-        self._buf = b""
         self.meter = CpuMeter(fx.pid)
         self.last_other_cpus = 0.0   # other load during the last spin
 
     def command(self, text: str, timeout: float = 60.0) -> str:
-        self.fx.proc.stdin.write(text.encode() + b"\n")
-        self.fx.proc.stdin.flush()
-        fd = self.fx.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"the fixture did not answer {text!r}")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise RuntimeError(f"the fixture exited while running {text!r}")
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+        return self.fx.command(text, timeout)
 
     def spin(self, seconds: float) -> int:
         """Calls of handle in *seconds* (the fixture checks the clock every 1000 calls)."""

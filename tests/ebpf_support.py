@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import time
 from pathlib import Path
 
 import pytest
@@ -66,22 +64,12 @@ class Fixture:
         self.fx = fx
         self.pid = fx.pid
         self.call_log = call_log
-        self._buf = b""
 
     def command(self, text: str, timeout: float = 30.0) -> str:
-        self.fx.proc.stdin.write(text.encode() + b"\n")
-        self.fx.proc.stdin.flush()
-        fd = self.fx.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            assert left > 0, f"fixture did not answer {text!r}"
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                assert chunk, f"fixture exited while running {text!r}"
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+        try:
+            return self.fx.command(text, timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            raise AssertionError(str(exc)) from None
 
     def log(self) -> list[dict]:
         return [json.loads(ln) for ln in self.call_log.read_text().splitlines()] if self.call_log.exists() else []

@@ -25,10 +25,30 @@ import attrs
 class FixtureProcess:
     proc: subprocess.Popen
     truth: dict[str, Any]
+    _buf: bytes = b""  # stdout read past the last answer
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def command(self, text: str, timeout: float = 30.0) -> str:
+        """Send one command line on stdin and return the program's one-line answer (read without Python's
+        buffering, so a select() on stdout stays truthful). Raises TimeoutError, or RuntimeError if it exits."""
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the fixture did not answer {text!r}")
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RuntimeError(f"the fixture exited while running {text!r}")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
 
 
 @contextmanager
