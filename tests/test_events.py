@@ -237,17 +237,34 @@ def _probed(fx: Fixture) -> bool:
         return fx.peek(b.code.for_function(b.function("main.handle")).prologue_end) == b"\xcc"
 
 
+def _read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
+    """Read *proc*'s stderr until *marker* appears (or it ends, or *timeout* passes); return what was read."""
+    import select
+
+    fd, got = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while marker not in got and (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            got += chunk
+    assert marker in got, f"no {marker!r} from the CLI: {got.decode(errors='replace')}"
+    return got
+
+
 def test_cli_events_streams_json_lines(newest_calls):
     fx = newest_calls
     proc = subprocess.Popen([sys.executable, "-m", "goprobe.cli", "events", str(fx.pid), "--probe",
                              "main.handle(req.ID, name)", "--max", "4", "--duration", "30", "--when", "req.ID >= 2",
                              "--ring", "4", "--backlog", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not _probed(fx) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The int3 is in place as soon as the uprobe is opened, before its program is on it: the CLI's own
+    # "Ctrl-C stops" line says the probes and the drain are ready.
+    started = _read_until(proc, b"Ctrl-C stops", timeout=60)
     assert fx.command("call 10") == "done 10"
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=60)
+    err = started + err
     assert proc.returncode == 0, err.decode()
     lines = [json.loads(x) for x in out.decode().splitlines()]
     assert [e["values"]["req.ID"] for e in lines] == [2, 3, 4, 5]
