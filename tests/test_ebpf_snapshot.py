@@ -46,8 +46,11 @@ def _both_in_one_pause(binary, args=(), request_of=lambda b, truth: {}, trigger=
         assert (where is not None) == (trigger == "uprobe")
         with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
             with pause(proc.pid) as paused:
-                snapper.run(paused)
+                gated = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
+                                                                       req.limits))
                 running_now = running_goroutines(plan, paused.memory, paused.threads, req.limits)
+                # The program counts goroutines on a thread; goprobe looks for them only when it found some.
+                assert gated is not None or not running_now or where is None
                 fixups = snapper.resolve_fixups(paused.memory, req.limits)
                 raw_interp = run_snapshot(plan, paused.memory, paused.threads, req.limits)
             raw_ebpf = snapper.raw_snapshot(snapper.records(), running_now, fixups)

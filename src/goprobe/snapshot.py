@@ -174,9 +174,10 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
     trigger = find_trigger(b, f"/proc/{pid}/exe", bias) if trigger_kind == "uprobe" else None
     with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint, trigger=trigger) as snapper:
         def while_paused(paused):
-            # The goroutines on a thread are unwound by the interpreter while the program walks the others.
+            # The goroutines on a thread (if the program met any) are unwound by the interpreter from their
+            # thread's registers.
             running = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
-                                                                     req.limits, index))
+                                                                     req.limits, index)) or {}
             return running, snapper.resolve_fixups(paused.memory, req.limits)
 
         (running, fixups), pause_ns = run_paused(pid, while_paused)

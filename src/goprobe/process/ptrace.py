@@ -264,6 +264,7 @@ class _Tracer:
         self.resume = _ResumeSignal(self.jobs)  # set by the owner to resume
         self.error: BaseException | None = None
         self.threads: list[ThreadState] = []
+        self.regs_read = False
         self.seized: set[int] = set()
         self.signals: dict[int, int] = {}  # stopped tid → signal to hand back on detach (0: none)
         self.died = False
@@ -317,6 +318,16 @@ class _Tracer:
         if not self.signals:
             self.died = True
             raise ProcessExitedError(f"pid {self.pid} exited while it was being paused")
+        if self.body is None:
+            self.read_registers()
+        # run_paused: the body reads them when it needs them (_PausedView.threads); an eBPF snapshot of
+        # goroutines that are all parked does not.
+
+    def read_registers(self) -> None:
+        """Fill ``threads`` with the registers of every stopped thread (once)."""
+        if self.regs_read:
+            return
+        self.regs_read = True
         regs = _libc.ffi.new("struct user_regs_struct *")
         words = _libc.ffi.cast("unsigned long *", regs)
         n = len(_libc.USER_REGS_FIELDS)
@@ -354,6 +365,7 @@ class _Tracer:
 
     def _wait_stops(self, pending: set[int], deadline: float) -> None:
         delay = 0.0
+        spin_until = time.monotonic() + 0.002
         while pending:
             progressed = False
             for tid in sorted(pending):
@@ -377,7 +389,11 @@ class _Tracer:
                 continue
             if time.monotonic() > deadline:
                 raise _Timeout(sorted(pending))
-            # Threads stop within microseconds unless busy in the kernel; back off gently.
+            # Threads stop within microseconds unless busy in the kernel. Yield the CPU at first (a thread woken
+            # to stop may be queued on ours; a sleep would oversleep by tens of microseconds), then back off.
+            if time.monotonic() < spin_until:
+                os.sched_yield()
+                continue
             delay = min(delay * 2 or 20e-6, 1e-3)
             time.sleep(delay)
 
@@ -559,9 +575,14 @@ class _PausedView:
     def __init__(self, tracer: _Tracer) -> None:
         self._tracer = tracer
         self.pid = tracer.pid
-        self.threads: list[ThreadState] = tracer.threads
         self.memory = ProcessMemory(tracer.pid)
         self.stop_ns: int = tracer.stop_ns
+
+    @property
+    def threads(self) -> list[ThreadState]:
+        """The stopped threads' registers, read on first use (a body that needs none saves the calls)."""
+        self._tracer.read_registers()
+        return self._tracer.threads
 
     def step_through(self, addr: int, during=None) -> tuple[int, object]:
         return self._tracer.step_through(addr, during)

@@ -39,9 +39,14 @@ SLOT_PC, SLOT_SP, SLOT_BP, SLOT_DONE, SLOT_N, SLOT_LO, SLOT_HI, SLOT_TYPES = (SL
                                                                              for k in range(1, 9))
 SLOT_SBASE, SLOT_SEND, SLOT_BATCH = SLOT_TYPES + 8, SLOT_TYPES + 16, SLOT_TYPES + 24
 SLOT_PLAN_PC, SLOT_PLAN_CFA = SLOT_BATCH + 8, SLOT_BATCH + 16
-G_OFF = SLOT_PLAN_CFA + 8  # the goroutine's g, read whole
+SLOT_GLO, SLOT_GHI = SLOT_PLAN_CFA + 8, SLOT_PLAN_CFA + 16  # the target addresses the g window holds
+G_OFF = SLOT_GHI + 8  # the g window: the goroutine's g, and the ones allocated right after it
+# The runtime allocates g's one after the other (480 bytes apart on Go 1.27): one read of this many bytes
+# holds the g's of the next dozen goroutines. A read costs ~150 ns here whatever its size up to a few KiB.
+G_WINDOW = 1 << 13
+G_MAX = 1024  # bytes of one g read
 ALLGS_BATCH = 64  # g pointers read at once
-BATCH_OFF = G_OFF + 1024
+BATCH_OFF = G_OFF + G_WINDOW + G_MAX
 STACK_COPY = 1 << 14  # the used stack is copied in one read, up to this much (the rest is read as needed)
 STACK_OFF = BATCH_OFF + 8 * ALLGS_BATCH
 SCRATCH_SIZE = STACK_OFF + 2 * STACK_COPY
@@ -62,12 +67,16 @@ class SnapshotMapFds:
     seen: int
     pc_cache: int  # array, direct-mapped: (lookup PC, its row) per slot (filled as frames are met; kept across runs)
     fixups: int  # ring buffer: values left to the interpreter (event_codegen.defer)
-    arm: int = -1  # uprobe trigger: array of u64; [0] the armed run number, [1 + shard] the last run done
+    # uprobe trigger: array of ARM_WORDS u64 (mmapable); [0] the armed run number, [1 + shard] the last run
+    # done, [ARM_SLOTS + shard] how many goroutines that run found on a thread (running or in a system call)
+    arm: int = -1
 
 
 TRIGGERS = ("uprobe", "iterator")
 SECTIONS = {"uprobe": "uprobe.s", "iterator": "iter/task"}
 ARM_SLOTS = 64
+ARM_WORDS = 2 * ARM_SLOTS
+G_RUNNING, G_SYSCALL = 2, 3
 
 
 @attrs.frozen
@@ -260,6 +269,7 @@ class _SnapshotProgram(_SiteProgram):
             f.cbr(f.icmp("eq", armed, 0), out, have)
             f.block(have)
             f.store(f.gep(arm, 8 * (1 + self.gen.shard)), armed)
+            f.store(f.gep(arm, 8 * (ARM_SLOTS + self.gen.shard)), 0)
             f(f"store ptr null, ptr {state}")
             self.task = "null"
         else:
@@ -277,6 +287,8 @@ class _SnapshotProgram(_SiteProgram):
         bad2 = self.read_user(tmp, 8, str(gl.allgs))
         base = f.select(bad2, 0, f.load(tmp))
         f.store(f.gep(scratch, SLOT_ALLGS), base)
+        f.store(f.gep(scratch, SLOT_GLO), 0)  # scratch outlives a run: the window of the last run is stale
+        f.store(f.gep(scratch, SLOT_GHI), 0)
         bad3 = self.read_user(tmp, 8, str(self.gen.plan.interfaces.types_field_addr))
         f.store(f.gep(scratch, SLOT_TYPES), f.select(bad3, 0, f.load(tmp)))
         n = f.select(f.icmp("ugt", n, self.gen.plan.max_goroutines), self.gen.plan.max_goroutines, n)
@@ -324,17 +336,19 @@ class _SnapshotProgram(_SiteProgram):
         f.block(nonzero)
         needed = max(gl.goid, gl.status, gl.sched_pc, gl.sched_sp, gl.sched_bp, gl.syscall_sp, gl.syscall_pc,
                      gl.stack_lo, gl.stack_hi, gl.m, gl.waitreason) + 8
-        needed = min(needed, gl.g_size, 1024)
-        g = f.gep(scratch, G_OFF)
-        bad = self.read_user(g, needed, gp)
-        live = f.label("live")
-        f.cbr(bad, skip, live)
-        f.block(live)
+        needed = min(needed, gl.g_size, G_MAX)
+        g = self.g_copy(gp, k, needed, skip)
         status = f.and_(f.load(f.gep(g, gl.status), 8 * gl.status_size), (1 << 32) - 1 - G_SCAN)
         dead = f.op(f"or i1 {f.icmp('eq', status, G_DEAD)}, {f.icmp('eq', status, 0)}")
         walk = f.label("walk")
         f.cbr(dead, skip, walk)
         f.block(walk)
+        if self.gen.trigger == "uprobe":
+            # Goroutines on a thread are where their thread's registers say, not g.sched: goprobe unwinds them
+            # itself, and only needs to look when this count is not zero.
+            on_thread = f.op(f"or i1 {f.icmp('eq', status, G_RUNNING)}, {f.icmp('eq', status, G_SYSCALL)}")
+            count = f.gep(f.map_value(self.gen.maps.arm), 8 * (ARM_SLOTS + self.gen.shard))
+            f.store(count, f.add(f.load(count), f.op(f"zext i1 {on_thread} to i64")))
         in_syscall = f.op(f"and i1 {f.icmp('eq', status, 3)}, "
                           f"{f.icmp('ne', f.load(f.gep(g, gl.syscall_sp)), 0)}")
         pc = f.select(in_syscall, f.load(f.gep(g, gl.syscall_pc)), f.load(f.gep(g, gl.sched_pc)))
@@ -367,6 +381,47 @@ class _SnapshotProgram(_SiteProgram):
         m = f.map_ptr(self.gen.maps.events)
         f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", f"i64 {G.RB_NO_WAKEUP}")
         f.ret("0")
+
+    def g_copy(self, gp: str, k: str, needed: int, skip: str) -> str:
+        """A pointer to the copy of the g at *gp* (*needed* bytes) in the g window (scratch ``G_OFF``);
+        branches to *skip* if it cannot be read. *k* is its index in the batch of g pointers: when the next
+        pointer lies a little above this one the whole window is read, else this g alone."""
+        f = self.fn
+        window = f.gep(self.scratch, G_OFF)
+        inside = f.op(f"and i1 {f.icmp('uge', gp, self.vload(SLOT_GLO))}, "
+                      f"{f.icmp('ule', f.add(gp, needed), self.vload(SLOT_GHI))}")
+        miss, have = f.label("g_miss"), f.label("g_have")
+        f.cbr(inside, have, miss)
+        f.block(miss)
+        nxt = f.load(f.gep(f.gep(self.scratch, BATCH_OFF),
+                           f.mul(f.and_(f.barrier(f.add(k, 1)), ALLGS_BATCH - 1), 8)))
+        batched = f.op(f"and i1 {f.icmp('eq', self.vload(SLOT_BATCH), 0)}, {f.icmp('ult', k, ALLGS_BATCH - 1)}")
+        close = f.op(f"and i1 {f.icmp('ugt', nxt, gp)}, {f.icmp('ule', f.sub(nxt, gp), G_WINDOW - needed)}")
+        near = f.op(f"and i1 {batched}, {close}")
+        span = f.select(near, G_WINDOW, needed)
+        failed = f.shared_alloca("g_failed", "i64")
+        bad = self.read_user(window, f.and_(f.barrier(span), 2 * G_WINDOW - 1), gp)
+        f.store(failed, f.op(f"zext i1 {bad} to i64"))
+        f.store(self.slot(SLOT_GHI), f.add(gp, span))
+        retry, stored = f.label("g_alone"), f.label("g_stored")
+        f.cbr(f.op(f"and i1 {bad}, {near}"), retry, stored)
+        f.block(retry)  # the window runs into memory that cannot be read: this g alone
+        bad2 = self.read_user(window, needed, gp)
+        f.store(failed, f.op(f"zext i1 {bad2} to i64"))
+        f.store(self.slot(SLOT_GHI), f.add(gp, needed))
+        f.br(stored)
+        f.block(stored)
+        f.store(self.slot(SLOT_GLO), gp)
+        unreadable, read = f.label("g_unreadable"), f.label("g_read")
+        f.cbr(f.icmp("ne", f.load(failed), 0), unreadable, read)
+        f.block(unreadable)
+        f.store(self.slot(SLOT_GLO), 0)
+        f.store(self.slot(SLOT_GHI), 0)
+        f.br(skip)
+        f.block(read)
+        f.br(have)
+        f.block(have)
+        return f.gep(window, f.and_(f.barrier(f.sub(gp, self.vload(SLOT_GLO))), G_WINDOW - 1))
 
     # -- one frame ---------------------------------------------------------------------------------------------
     def emit_frame(self) -> None:

@@ -125,7 +125,10 @@ class EbpfSnapshotter:
         self._runs = 0
         self._closables: list = []
         try:
-            self.arm = self._own(sc.create_array(8 * S.ARM_SLOTS, 1, name="gp_arm"))
+            # Armed and read back inside the pause: mapped into this process, so that costs no system call.
+            self.arm = self._own(sc.create_array(8 * S.ARM_WORDS, 1, name="gp_arm", flags=sc.BPF_F_MMAPABLE))
+            self._arm_words = self._own(self.arm.mmap())
+            self._arm_words[:] = bytes(len(self._arm_words))  # faulted in now, not inside the pause
             rows, self.plan_sets = S.unwind_rows(plan)
             self.n_rows = len(rows)
             self.rows = self._own(sc.create_array(S.ROW.size, len(rows), name="gp_rows"))
@@ -169,30 +172,34 @@ class EbpfSnapshotter:
         self._closables.append(thing)
         return thing
 
-    def run(self, paused=None, during=None):
+    def run(self, paused=None, on_threads=None):
         """Walk every goroutine now (the process must be paused: *paused* is its PausedProcess, needed by the
-        uprobe trigger); the records wait in the ring buffers. *during* is called while the program runs
-        (with the iterator: after it); returns what it returned."""
+        uprobe trigger); the records wait in the ring buffers. *on_threads* is called, still paused, when some
+        goroutine may be on a thread (the program counts them; the iterator trigger does not): its result is
+        returned, else None."""
         if self.trigger is None:
             for shard in self.shards:
                 run(shard.link)
-            return during() if during is not None else None
+            return on_threads() if on_threads is not None else None
         if paused is None:
             raise ValueError("the uprobe trigger needs the PausedProcess")
         self._runs += 1
-        key = _U32.pack(0)
-        self.arm.update(key, struct.pack("<Q", self._runs) + bytes(8 * (S.ARM_SLOTS - 1)))
+        words = self._arm_words
+        words[:] = bytes(len(words))
+        struct.pack_into("<Q", words, 0, self._runs)
         try:
-            _tid, result = paused.step_through(self.trigger.address, during)  # every shard's program is there
+            paused.step_through(self.trigger.address)  # every shard's program is there
         finally:
-            ran = self.arm.lookup(key) or bytes(8 * S.ARM_SLOTS)
-            self.arm.update(key, bytes(8 * S.ARM_SLOTS))
+            struct.pack_into("<Q", words, 0, 0)
+        on_thread = 0
         for shard in self.shards:
-            (done,) = struct.unpack_from("<Q", ran, 8 * (1 + min(shard.index, S.ARM_SLOTS - 2)))
+            slot = min(shard.index, S.ARM_SLOTS - 2)
+            (done,) = struct.unpack_from("<Q", words, 8 * (1 + slot))
             if done != self._runs:
                 raise EbpfError(f"the snapshot program {shard.index} did not run when thread stepped through "
                                 f"{self.trigger.address:#x}; retry with backend='interp'")
-        return result
+            on_thread = max(on_thread, struct.unpack_from("<Q", words, 8 * (S.ARM_SLOTS + slot))[0])
+        return on_threads() if on_threads is not None and on_thread else None
 
     def records(self) -> list[list[bytes]]:
         """The records of the last run, per program, in allgs order."""
@@ -204,6 +211,8 @@ class EbpfSnapshotter:
         memory. Per program and g address: (capture length position, marker position, encoded bytes)."""
         from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 
+        if not any(shard.fixup_reader.pending() for shard in self.shards):
+            return [{} for _ in self.shards]  # the common case, decided without setting anything up
         rt = RuntimeTypeInfo(self.plan.interfaces)
         result = []
         for shard in self.shards:

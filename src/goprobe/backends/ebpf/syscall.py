@@ -297,6 +297,16 @@ class BpfMap(OwnedFd):
     def per_cpu(self) -> bool:
         return self.map_type == BPF_MAP_TYPE_PERCPU_ARRAY
 
+    def mmap(self):
+        """The values of an array map created with ``BPF_F_MMAPABLE``, mapped into this process (an
+        ``mmap.mmap``; close it before the map): reading and writing them then costs no system call."""
+        import mmap
+
+        if self.map_type != BPF_MAP_TYPE_ARRAY or not self.flags & BPF_F_MMAPABLE:
+            raise ValueError(f"map {self.name!r} is not an array created with BPF_F_MMAPABLE")
+        size = (self.value_size * self.max_entries + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        return mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
     def _value_bytes(self) -> int:
         # Per-CPU maps exchange one 8-byte-aligned value per possible CPU.
         if self.per_cpu:
