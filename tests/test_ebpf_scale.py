@@ -112,3 +112,28 @@ def test_event_programs_for_every_kinds_variable_verify(go_version, build_mode, 
     failed = [(f.function, f.error) for f in figures if f.error]
     assert not failed
     assert len({f.function for f in figures}) == len(request) >= 10
+
+
+def test_what_the_verification_budget_leaves_out_is_named():
+    """A capture whose code the per-program budget cuts (here a map with interface keys among ten other maps:
+    walked in the kernel only when it fits) is named in the stream's ``budget_cuts``, in the summary and by the CLI; a small request
+    has none."""
+    import subprocess
+    import sys
+
+    from test_ebpf_snapshot import _kinds_request
+
+    binary = build_fixture("kinds", VERSIONS[-1], "opt")
+    with GoBinary(binary) as b, running(binary) as proc:
+        maps = _kinds_request(b, proc.truth)["main.maps"]  # every map of the function: they share the budget
+        assert "byIface" in maps
+        with stream_events([proc.pid], "main.maps", maps) as s:
+            cuts = s.budget_cuts
+            assert s.summary()["budget_cuts"] == list(cuts)
+        assert any(n.startswith("main.maps: byIface: ") and "map entries not walked" in n for n in cuts), cuts
+        with stream_events([proc.pid], "main.scalars", ["i", "b"]) as s:
+            assert s.budget_cuts == ()
+        cli = subprocess.run([sys.executable, "-m", "goprobe.cli", "events", str(proc.pid), "--probe",
+                              f"main.maps({', '.join(maps)})", "--duration", "0.2"], capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert "goprobe: note: main.maps: byIface: map entries not walked" in cli.stderr

@@ -167,6 +167,9 @@ def _events(args: argparse.Namespace) -> int:
             print(f"goprobe: probing {req.probe} in {', '.join(map(str, args.pids))} "
                   f"({len(stream.plan.sites)} site{'s' if len(stream.plan.sites) != 1 else ''}); Ctrl-C stops",
                   file=sys.stderr, flush=True)
+            for note in stream.budget_cuts:
+                print(f"goprobe: note: {note} (the kernel verifier's budget for one probe program; capture fewer "
+                      "or smaller expressions at this probe to see more)", file=sys.stderr, flush=True)
             for event in stream:
                 out.write(json.dumps(event, ensure_ascii=False) + "\n")
                 out.flush()

@@ -174,6 +174,9 @@ class EventStream:
             self.session = EventSession(plan, str(self.binary.path), pids, limits, bias=self.bias,
                                         **({"ring_bytes": ring_bytes} if ring_bytes else {}))
             self.decoder = EventRecordDecoder(plan, self.session.generated, self.binary, self.bias)
+            #: What the kernel's verification budget made the programs leave out ("FUNCTION: EXPR: what"): those
+            #: values show less than the limits allow. Fewer or smaller expressions per probe leave more room.
+            self.budget_cuts: tuple[str, ...] = self.session.generated.budget_cuts
             # The probes write from now on: drain the ring already, however late the caller starts iterating.
             self.drain = self._start_drain(backlog_bytes)
         except BaseException:
@@ -271,7 +274,8 @@ class EventStream:
                 "dropped_unread": self.unread, "decode_errors": self.decode_errors,
                 "seconds": round(elapsed, 3), "events_per_s": round(self.delivered / elapsed, 1) if elapsed else None,
                 "backlog_peak_bytes": d.peak_backlog if d else 0, "backlog_limit_bytes": self.backlog_bytes,
-                "backlog_stalls": d.stalls if d else 0, "drain": self.drain_kind}
+                "backlog_stalls": d.stalls if d else 0, "drain": self.drain_kind,
+                "budget_cuts": list(self.budget_cuts)}
 
     def close(self) -> None:
         """Remove the probes and release everything (the iterator ends)."""

@@ -147,6 +147,9 @@ class GeneratedEvents:
     reasons: tuple[str, ...]  # why a capture is unavailable, by code
     sites: tuple[SiteLayout, ...]
     callers: tuple[tuple[str, tuple[Slot, ...]], ...]  # per caller plan: function, its captures
+    # What the verification budget cut, one note each ("FUNCTION: EXPR: what"): those values show less than
+    # the limits allow, with the same markers the limits put.
+    budget_cuts: tuple[str, ...] = ()
 
 
 def generate(plan: EV.EventPlan, maps: MapFds, limits: Limits) -> GeneratedEvents:
@@ -171,6 +174,8 @@ class _Generator:
         self.layouts: list[SiteLayout] = []
         self._nodes = 0
         self.defer = False  # events cannot leave values for later: the process is not paused
+        # what the verification budget cut: (function, expression) → kind of cut → details (ordered sets)
+        self.budget_cuts: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
 
     def reason(self, text: str) -> int:
         if text not in self.reasons:
@@ -189,7 +194,19 @@ class _Generator:
                                             for label, cands in _group(fp.captures)))
                         for fp in self.plan.callers)
         return GeneratedEvents(self.module.text(), tuple(self.sections), tuple(self.reasons), tuple(self.layouts),
-                               callers)
+                               callers, self.budget_notes())
+
+    def budget_notes(self) -> tuple[str, ...]:
+        """One line per capture the budget cut: "FUNCTION: EXPR: what was left out"."""
+        out = []
+        for (where, label), kinds in self.budget_cuts.items():
+            parts = []
+            for kind, details in kinds.items():
+                names = [d for d in details if d]
+                more = f" ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})" if names else ""
+                parts.append(kind + more)
+            out.append(f"{where}: {label}: {'; '.join(parts)}")
+        return tuple(out)
 
 
 class _Program:
@@ -728,6 +745,7 @@ class _SiteProgram(_Program):
             self.put8(self.gen.reason(cap.missing or "not capturable"))
             return
         self.capture_nodes = 0
+        self.cap_label = cap.label
         share = None
         if not self.gen.defer:
             # An equal share of what the program has left: what earlier captures did not use goes to later ones.
@@ -1254,7 +1272,17 @@ class _SiteProgram(_Program):
         one = self._est(elem, self.limits.pointer_depth, level)
         if one > self.cleft:
             return 1  # one copy of the element's code is all a loop has; the budget then cuts inside it
-        return max(1, min(n, self.vleft // max(1, self.mult * one)))
+        got = max(1, min(n, self.vleft // max(1, self.mult * one)))
+        if got < n:
+            self.budget_cut("fewer elements than the limits allow", f"{got} of {n}")
+        return got
+
+    def budget_cut(self, kind: str, detail: str = "") -> None:
+        """Note that the capture being written shows less than the limits allow because of its budget."""
+        if self.vleft is not None:
+            site = getattr(self, "site", None)
+            key = (site.function if site is not None else "?", getattr(self, "cap_label", "?"))
+            self.gen.budget_cuts.setdefault(key, {}).setdefault(kind, {})[detail] = None
 
     def _fits(self, cost: int) -> bool:
         return self.vleft is None or (cost * self.mult <= self.vleft and cost <= self.cleft)
@@ -1541,6 +1569,8 @@ class _SiteProgram(_Program):
         f.block(fresh)
         if depth >= self.limits.pointer_depth or self.gen._nodes > MAX_NODES // 2 or not self._fits(
                 self._est(shape.elem, self.limits.pointer_depth, level + 1)):
+            if depth < self.limits.pointer_depth and self.gen._nodes <= MAX_NODES // 2:
+                self.budget_cut("pointers not followed", self.table[shape.elem].name)
             self.put8(PTR_DEPTH)
         else:
             self.remember(addr)
@@ -1601,6 +1631,7 @@ class _SiteProgram(_Program):
         for off, tid in self._candidates(depth):
             spent += self._est(tid, depth, level + 1) if self.vleft is not None else 0
             if not self._fits(spent):
+                self.budget_cut("interface values of some dynamic types named, not decoded")
                 break  # the rest are named from their type descriptor, not decoded
             cands.append((off, tid))
         for off, tid in cands:
@@ -1706,6 +1737,7 @@ class _SiteProgram(_Program):
                 self._est(shape.key, depth, level + 1) + self._est(shape.elem, depth, level + 1))):
             f.cbr(small, walk, end)
         else:  # walking it would take more than the capture's budget: the count only, like a large map
+            self.budget_cut("map entries not walked (length only)", self.table[tid].name)
             f.br(end)
             walk = None
         if walk is not None:
