@@ -40,7 +40,8 @@ SLOT_PC, SLOT_SP, SLOT_BP, SLOT_DONE, SLOT_N, SLOT_LO, SLOT_HI, SLOT_TYPES = (SL
 SLOT_SBASE, SLOT_SEND, SLOT_BATCH = SLOT_TYPES + 8, SLOT_TYPES + 16, SLOT_TYPES + 24
 SLOT_PLAN_PC, SLOT_PLAN_CFA = SLOT_BATCH + 8, SLOT_BATCH + 16
 SLOT_GLO, SLOT_GHI = SLOT_PLAN_CFA + 8, SLOT_PLAN_CFA + 16  # the target addresses the g window holds
-G_OFF = SLOT_GHI + 8  # the g window: the goroutine's g, and the ones allocated right after it
+SLOT_SWLO, SLOT_SWHI = SLOT_GHI + 8, SLOT_GHI + 16  # the target addresses the stack copy holds
+G_OFF = SLOT_SWHI + 8  # the g window: the goroutine's g, and the ones allocated right after it
 # The runtime allocates g's one after the other (480 bytes apart on Go 1.27): one read of this many bytes
 # holds the g's of the next dozen goroutines. A read costs ~150 ns here whatever its size up to a few KiB.
 G_WINDOW = 1 << 13
@@ -48,6 +49,9 @@ G_MAX = 1024  # bytes of one g read
 ALLGS_BATCH = 64  # g pointers read at once
 BATCH_OFF = G_OFF + G_WINDOW + G_MAX
 STACK_COPY = 1 << 14  # the used stack is copied in one read, up to this much (the rest is read as needed)
+# Stacks of parked goroutines often lie side by side (2 KiB apart): when the next goroutine's stack is within
+# this many bytes above this one's, one read copies both (and whatever lies between), the next one reuses it.
+STACK_WINDOW = 1 << 13
 STACK_OFF = BATCH_OFF + 8 * ALLGS_BATCH
 SCRATCH_SIZE = STACK_OFF + 2 * STACK_COPY
 
@@ -287,8 +291,8 @@ class _SnapshotProgram(_SiteProgram):
         bad2 = self.read_user(tmp, 8, str(gl.allgs))
         base = f.select(bad2, 0, f.load(tmp))
         f.store(f.gep(scratch, SLOT_ALLGS), base)
-        f.store(f.gep(scratch, SLOT_GLO), 0)  # scratch outlives a run: the window of the last run is stale
-        f.store(f.gep(scratch, SLOT_GHI), 0)
+        for slot in (SLOT_GLO, SLOT_GHI, SLOT_SWLO, SLOT_SWHI):  # scratch outlives a run: last run's copies are stale
+            f.store(f.gep(scratch, slot), 0)
         bad3 = self.read_user(tmp, 8, str(self.gen.plan.interfaces.types_field_addr))
         f.store(f.gep(scratch, SLOT_TYPES), f.select(bad3, 0, f.load(tmp)))
         n = f.select(f.icmp("ugt", n, self.gen.plan.max_goroutines), self.gen.plan.max_goroutines, n)
@@ -361,9 +365,7 @@ class _SnapshotProgram(_SiteProgram):
         hi = f.load(f.gep(g, gl.stack_hi))
         used = f.select(f.icmp("ult", sp, hi), f.sub(hi, sp), 0)
         n = f.and_(f.barrier(f.select(f.icmp("ugt", used, STACK_COPY), STACK_COPY, used)), 2 * STACK_COPY - 1)
-        sbad = self.read_user(f.gep(scratch, STACK_OFF), n, sp)
-        f.store(self.slot(SLOT_SBASE), sp)
-        f.store(self.slot(SLOT_SEND), f.select(sbad, sp, f.add(sp, n)))
+        self.stack_copy_read(sp, hi, n, k, needed)
         f.store(self.slot(SLOT_DONE), 0)
         f.store(self.slot(SLOT_N), 0)
         head = f.gep(scratch, 0)
@@ -382,6 +384,66 @@ class _SnapshotProgram(_SiteProgram):
         f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", f"i64 {G.RB_NO_WAKEUP}")
         f.ret("0")
 
+    def next_g(self, k: str) -> tuple[str, str]:
+        """The next goroutine's g pointer from the batch, and whether it is one (i1)."""
+        f = self.fn
+        nxt = f.load(f.gep(f.gep(self.scratch, BATCH_OFF),
+                           f.mul(f.and_(f.barrier(f.add(k, 1)), ALLGS_BATCH - 1), 8)))
+        batched = f.op(f"and i1 {f.icmp('eq', self.vload(SLOT_BATCH), 0)}, {f.icmp('ult', k, ALLGS_BATCH - 1)}")
+        return nxt, batched
+
+    def stack_copy_read(self, sp: str, hi: str, n: str, k: str, needed: int) -> None:
+        """Copy the used stack [*sp*, *sp* + *n*) into scratch ``STACK_OFF`` (bounds in ``SLOT_SBASE`` and
+        ``SLOT_SEND``) unless the last copy holds it already. When the next goroutine's g (in the g window)
+        says its stack ends within ``STACK_WINDOW`` above *sp*, one read copies both."""
+        f = self.fn
+        gl = self.gen.plan.goroutines
+        lo_w, hi_w = self.vload(SLOT_SWLO), self.vload(SLOT_SWHI)
+        inside = f.op(f"and i1 {f.icmp('uge', sp, lo_w)}, {f.icmp('ule', f.add(sp, n), hi_w)}")
+        hit, miss, done = f.label("stack_hit"), f.label("stack_miss"), f.label("stack_copied")
+        f.cbr(f.op(f"and i1 {inside}, {f.icmp('ne', n, 0)}"), hit, miss)
+        f.block(hit)
+        f.store(self.slot(SLOT_SBASE), lo_w)
+        f.store(self.slot(SLOT_SEND), hi_w)
+        f.br(done)
+        f.block(miss)
+        nxt, batched = self.next_g(k)
+        glo = self.vload(SLOT_GLO)
+        in_window = f.op(f"and i1 {f.icmp('uge', nxt, glo)}, "
+                         f"{f.icmp('ule', f.add(nxt, needed), self.vload(SLOT_GHI))}")
+        window = f.gep(self.scratch, G_OFF)
+        nhi = f.load(f.gep(f.gep(window, f.and_(f.barrier(f.sub(nxt, glo)), G_WINDOW - 1)), gl.stack_hi))
+        ahead = f.op(f"and i1 {f.icmp('ugt', nhi, hi)}, {f.icmp('ule', f.sub(nhi, sp), STACK_WINDOW)}")
+        near = f.op(f"and i1 {f.op(f'and i1 {batched}, {in_window}')}, {ahead}")
+        failed = self.window_read(f.gep(self.scratch, STACK_OFF), sp, n, near, STACK_WINDOW, STACK_COPY, SLOT_SWHI)
+        ok = f.op(f"xor i1 {failed}, true")
+        f.store(self.slot(SLOT_SWLO), f.select(ok, sp, 0))
+        f.store(self.slot(SLOT_SWHI), f.select(ok, self.vload(SLOT_SWHI), 0))
+        f.store(self.slot(SLOT_SBASE), sp)
+        f.store(self.slot(SLOT_SEND), f.select(ok, self.vload(SLOT_SWHI), sp))
+        f.br(done)
+        f.block(done)
+
+    def window_read(self, dst: str, addr: str, exact: str | int, near: str, window: int, bound: int,
+                    end_slot: int) -> str:
+        """Read *window* bytes at *addr* into *dst* if *near*, else *exact* bytes; a window that runs into
+        memory that cannot be read falls back to *exact*. Stores the end of what was read in *end_slot*;
+        returns whether the read failed (i1). *bound*: a power of two above both sizes (for the verifier)."""
+        f = self.fn
+        span = f.select(near, window, exact)
+        failed = f.shared_alloca("window_failed", "i64")
+        bad = self.read_user(dst, f.and_(f.barrier(span), 2 * bound - 1), addr)
+        f.store(failed, f.op(f"zext i1 {bad} to i64"))
+        f.store(self.slot(end_slot), f.add(addr, span))
+        retry, stored = f.label("window_exact"), f.label("window_stored")
+        f.cbr(f.op(f"and i1 {bad}, {near}"), retry, stored)
+        f.block(retry)
+        f.store(failed, f.op(f"zext i1 {self.read_user(dst, exact, addr)} to i64"))
+        f.store(self.slot(end_slot), f.add(addr, exact))
+        f.br(stored)
+        f.block(stored)
+        return f.icmp("ne", f.load(failed), 0)
+
     def g_copy(self, gp: str, k: str, needed: int, skip: str) -> str:
         """A pointer to the copy of the g at *gp* (*needed* bytes) in the g window (scratch ``G_OFF``);
         branches to *skip* if it cannot be read. *k* is its index in the batch of g pointers: when the next
@@ -393,27 +455,13 @@ class _SnapshotProgram(_SiteProgram):
         miss, have = f.label("g_miss"), f.label("g_have")
         f.cbr(inside, have, miss)
         f.block(miss)
-        nxt = f.load(f.gep(f.gep(self.scratch, BATCH_OFF),
-                           f.mul(f.and_(f.barrier(f.add(k, 1)), ALLGS_BATCH - 1), 8)))
-        batched = f.op(f"and i1 {f.icmp('eq', self.vload(SLOT_BATCH), 0)}, {f.icmp('ult', k, ALLGS_BATCH - 1)}")
+        nxt, batched = self.next_g(k)
         close = f.op(f"and i1 {f.icmp('ugt', nxt, gp)}, {f.icmp('ule', f.sub(nxt, gp), G_WINDOW - needed)}")
         near = f.op(f"and i1 {batched}, {close}")
-        span = f.select(near, G_WINDOW, needed)
-        failed = f.shared_alloca("g_failed", "i64")
-        bad = self.read_user(window, f.and_(f.barrier(span), 2 * G_WINDOW - 1), gp)
-        f.store(failed, f.op(f"zext i1 {bad} to i64"))
-        f.store(self.slot(SLOT_GHI), f.add(gp, span))
-        retry, stored = f.label("g_alone"), f.label("g_stored")
-        f.cbr(f.op(f"and i1 {bad}, {near}"), retry, stored)
-        f.block(retry)  # the window runs into memory that cannot be read: this g alone
-        bad2 = self.read_user(window, needed, gp)
-        f.store(failed, f.op(f"zext i1 {bad2} to i64"))
-        f.store(self.slot(SLOT_GHI), f.add(gp, needed))
-        f.br(stored)
-        f.block(stored)
+        failed = self.window_read(window, gp, needed, near, G_WINDOW, G_WINDOW, SLOT_GHI)
         f.store(self.slot(SLOT_GLO), gp)
         unreadable, read = f.label("g_unreadable"), f.label("g_read")
-        f.cbr(f.icmp("ne", f.load(failed), 0), unreadable, read)
+        f.cbr(failed, unreadable, read)
         f.block(unreadable)
         f.store(self.slot(SLOT_GLO), 0)
         f.store(self.slot(SLOT_GHI), 0)
