@@ -17,7 +17,7 @@ import pytest
 
 from conftest import MODES, VERSIONS, build_fixture
 from ebpf_support import Fixture, no_leaked_kernel_fds, requires_bpf  # noqa: F401 (autouse fixture)
-from goprobe.dwarf.binary import GoBinary, parse_go_version
+from goprobe.dwarf.binary import GoBinary
 from goprobe.errors import ExpressionError, GoprobeError, ProcessNotFoundError, UnknownFunctionError
 from goprobe.events import stream_events
 from goprobe.request import EventRequest
@@ -75,7 +75,7 @@ def test_entry_events_equal_the_call_log(calls):
 
 def test_generic_values_resolve_through_the_dictionary_and_closures_show_their_captures(calls):
     """pick[T] with T = *Request runs as the shaped pick[go.shape.*uint8]: only the frame's dictionary says its
-    elements are *Request (compared in the kernel, decoded as such, not as opaque pointers; Go 1.24+). The closure passed
+    elements are *Request (compared in the kernel, decoded as such, not as opaque pointers). The closure passed
     to apply shows the variable it captured where the DWARF describes its context (Go 1.23+, unoptimised)."""
     n = 6
     with stream_events([calls.pid], EventRequest.build("main.pick[...]", ["xs", "i"], max_events=n,
@@ -87,17 +87,10 @@ def test_generic_values_resolve_through_the_dictionary_and_closures_show_their_c
         applies = list(s)
     log = calls.log()
     assert len(picks) == len(applies) == n and len(log) == 2 * n
-    with GoBinary(os.readlink(f"/proc/{calls.pid}/exe")) as b:
-        # Go 1.21-1.23 lay dictionaries out differently (the entry DWARF names is not the slice type's): those
-        # values keep their shape's layout, a pointer shown by its address.
-        resolved = parse_go_version(b.go_version) >= (1, 24, 0)
     for ev, rec in zip(picks, log[:n]):
         xs = ev["values"]["xs"]
         assert ev["values"]["i"] == 1 and len(xs) == 2
-        if resolved:
-            assert xs[1]["ID"] == rec["picked"] == rec["id"] and xs[1]["Path"] == rec["path"]
-        else:
-            assert set(xs[1]) <= {"@addr", "@truncated"} and xs[1]["@addr"] != "0x0"
+        assert xs[1]["ID"] == rec["picked"] == rec["id"] and xs[1]["Path"] == rec["path"]
     with GoBinary(os.readlink(f"/proc/{calls.pid}/exe")) as b:
         # Whether this build's DWARF gives the closure's context layout (DW_AT_go_closure_offset).
         layout = any(v.closure_offset is not None for v in b.function("main.callN.func1").variables)

@@ -145,6 +145,8 @@ class TypeParam:
 
     shape: TypeId
     index: int
+    # The types this entry holds in the program's instantiations (from its dictionaries), likeliest first
+    args: tuple[TypeId, ...] = ()
 
 
 @attrs.frozen(slots=True)
@@ -326,7 +328,7 @@ class TypeTableBuilder:
                 self._entries.append(TypeEntry(shape_t.name or "pointer", 8, Pointer(None, 0), None, True))
             else:
                 fallback = self.add(shape_t)
-            return TypeParam(fallback, t.dict_index)
+            return TypeParam(fallback, t.dict_index, tuple(self.add(c) for c in fits))
         if k == "string":
             return String()
         if k in _SCALARS:

@@ -1260,6 +1260,30 @@ class _SiteProgram(_Program):
         memo[key] = min(c, EST_CAP)
         return memo[key]
 
+    def _est_least(self, tid: int, level: int) -> int:
+        """The fewest value nodes *tid* can be written with when the budget is short: one element of each
+        collection, maps and channels as their length, pointers and interfaces not followed. What the pointee
+        then holds is decided inside, each part against what is left (``_fits``, ``_afford``)."""
+        memo = self.gen.__dict__.setdefault("_least", {})
+        key = (tid, level)
+        if key not in memo:
+            memo[key] = EST_CAP  # a type reached again while estimating itself
+            sh = self.table[tid].shape
+            if level >= STAGE_LEVELS or isinstance(sh, (V.Scalar, V.String, V.Opaque, V.Func)):
+                c = 1
+            elif isinstance(sh, V.Struct):
+                c = 1 + sum(self._est_least(fl.type, level) for fl in sh.fields)
+            elif isinstance(sh, V.Array):
+                c = 1 + self._est_least(sh.elem, level)
+            elif isinstance(sh, V.Slice):
+                c = 2 + self._est_least(sh.elem, level + 1)
+            elif isinstance(sh, V.TypeParam):
+                c = 1 + self._est_least(sh.shape, level)
+            else:  # pointers, interfaces, maps, channels: a few nodes before any choice to go further
+                c = 2
+            memo[key] = min(c, EST_CAP)
+        return memo[key]
+
     def _fast(self, elem: int, n: int) -> bool:
         """Scalar elements written by a tight loop (one status byte and the bytes each, no checks between)."""
         sh = self.table[elem].shape
@@ -1426,10 +1450,14 @@ class _SiteProgram(_Program):
         f = self.fn
         # Candidates: the table's types that fit the shape's name (go.shape.*uint8 stands for any pointer type,
         # go.shape.int for int and the types defined on it...). Their code is cut by the capture's budget inside.
+        # The program's own instantiations (read from its dictionaries) come first: the budget may not reach the
+        # rest.
         pattern, size = _shape_pattern(entry.name), entry.size
-        cands = [(rt, tid) for rt, tid in sorted(self.table.by_runtime_type.items())
-                 if self.table[tid].size == size and pattern is not None and pattern.fullmatch(self.table[tid].name)
-                 ][:MAX_TYPE_ARGUMENTS]
+        args = [(self.table[tid].runtime_type, tid) for tid in shape.args if self.table[tid].runtime_type is not None]
+        cands = list(dict.fromkeys(args + [
+            (rt, tid) for rt, tid in sorted(self.table.by_runtime_type.items())
+            if self.table[tid].size == size and pattern is not None and pattern.fullmatch(self.table[tid].name)]))
+        cands = cands[:MAX_TYPE_ARGUMENTS]
         done = f.label("tparam_done")
         if cands:
             tmp = f.gep(self.scratch, TMP_OFF)
@@ -1567,8 +1595,12 @@ class _SiteProgram(_Program):
         self.put8(PTR_SEEN)
         f.br(done)
         f.block(fresh)
-        if depth >= self.limits.pointer_depth or self.gen._nodes > MAX_NODES // 2 or not self._fits(
-                self._est(shape.elem, self.limits.pointer_depth, level + 1)):
+        # The first pointer of a capture is followed when its pointee fits at least written shallowly (inside,
+        # each part is then weighed against what is left); deeper ones only when they fit whole, which keeps
+        # the verifier's work on large requests in bounds.
+        need = (self._est_least(shape.elem, level + 1) if depth == 0
+                else self._est(shape.elem, self.limits.pointer_depth, level + 1))
+        if depth >= self.limits.pointer_depth or self.gen._nodes > MAX_NODES // 2 or not self._fits(need):
             if depth < self.limits.pointer_depth and self.gen._nodes <= MAX_NODES // 2:
                 self.budget_cut("pointers not followed", self.table[shape.elem].name)
             self.put8(PTR_DEPTH)
