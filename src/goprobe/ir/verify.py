@@ -171,6 +171,9 @@ def _verify_types(table: object) -> None:
         elif isinstance(sh, V.TypeParam):
             tid(sh.shape, where + ".shape")
             _int(sh.index, where + ".index", 0, 1 << 16)
+            _check(isinstance(sh.args, tuple), where, "args is a tuple of type ids")
+            for k, arg in enumerate(sh.args):
+                tid(arg, f"{where}.args[{k}]")
             _check(entries[sh.shape].size == e.size and not isinstance(entries[sh.shape].shape, V.TypeParam),
                    where, "a type parameter's shape has its size and is not itself a type parameter")
         else:
