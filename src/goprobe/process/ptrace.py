@@ -397,11 +397,11 @@ class _Tracer:
             delay = min(delay * 2 or 20e-6, 1e-3)
             time.sleep(delay)
 
-    def step_through(self, addr: int, during=None) -> tuple[int, object]:
+    def step_through(self, addr: int) -> int:
         """Make one stopped thread execute the single instruction at *addr* and stop again, its registers
-        restored after; returns the thread id and what ``during()`` returned. A uprobe on *addr* then runs its
+        restored after; returns the thread id. A uprobe on *addr* then runs its
         program in the target's own context (its memory read directly) while every other thread stays
-        stopped. *during*, if given, is called while that thread runs (work that overlaps the program's)."""
+        stopped."""
         # Prefer a thread in an interrupt stop (no signal of its own to hand back), the main thread first.
         for tid in sorted(self.signals, key=lambda t: (self.signals[t] != 0, t != self.pid, t)):
             saved = _libc.ffi.new("struct user_regs_struct *")
@@ -415,34 +415,26 @@ class _Tracer:
             try:
                 if _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, regs)[0] == -1:
                     continue
-                return tid, self._step(tid, addr, during)
+                self._step(tid, addr)
+                return tid
             finally:
                 _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, saved)
         self.died = True
         raise ProcessExitedError(f"pid {self.pid} has no thread left to run the snapshot program on")
 
-    def _step(self, tid: int, addr: int, during=None):
-        result, error = None, None
+    def _step(self, tid: int, addr: int) -> None:
         for _attempt in range(4):
             r, err = _libc.ptrace(_libc.PTRACE_SINGLESTEP, tid, 0, 0)
             if r == -1:
                 raise ProcessError(f"PTRACE_SINGLESTEP of thread {tid} of pid {self.pid} failed: "
                                    f"{os.strerror(err)}")
-            if during is not None:
-                try:
-                    result = during()
-                except BaseException as exc:  # noqa: BLE001 - raised once the thread is stopped again
-                    error = exc
-                during = None
             status = self._wait_one(tid)
-            if error is not None:
-                raise error
             sig, event = os.WSTOPSIG(status), status >> 16
             if event == 0 and sig == signal.SIGTRAP:
                 regs = _libc.ffi.new("struct user_regs_struct *")
                 _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, regs)
                 if regs.rip != addr:
-                    return result
+                    return
                 continue  # stopped before the instruction ran (a trap of its own): step again
             if event == 0 and self.signals.get(tid) == 0:
                 self.signals[tid] = sig  # a signal came due first: the program gets it when resumed
@@ -530,17 +522,17 @@ class PausedProcess:
         """True once :meth:`resume` ran (the threads run again, or the process died)."""
         return self._done
 
-    def step_through(self, addr: int, during=None) -> tuple[int, object]:
+    def step_through(self, addr: int) -> int:
         """Run the one instruction at *addr* on a stopped thread (its registers are put back after), so that a
-        uprobe there runs its BPF program in the target's context; the process stays paused. *during* is
-        called meanwhile. Returns the thread id and what *during* returned. Raises :class:`ProcessError` (or
+        uprobe there runs its BPF program in the target's context; the process stays paused. Returns the
+        thread id. Raises :class:`ProcessError` (or
         :class:`ProcessExitedError`) if that cannot be done."""
         if self._done:
             raise ProcessError(f"pid {self.pid} is no longer paused")
         t = self._tracer
         if threading.current_thread() is t.thread:
-            return t.step_through(addr, during)
-        job = _Job(lambda: t.step_through(addr, during))
+            return t.step_through(addr)
+        job = _Job(lambda: t.step_through(addr))
         t.jobs.put(job)
         while not job.done.wait(0.5):
             if not t.thread.is_alive():
@@ -584,8 +576,8 @@ class _PausedView:
         self._tracer.read_registers()
         return self._tracer.threads
 
-    def step_through(self, addr: int, during=None) -> tuple[int, object]:
-        return self._tracer.step_through(addr, during)
+    def step_through(self, addr: int) -> int:
+        return self._tracer.step_through(addr)
 
 
 def run_paused(pid: int, body, *, timeout: float = 2.0):

@@ -79,7 +79,8 @@ class RingBuffer:
         self._words = memoryview(prod_mm).cast("I")  # record headers, read one u32 each
         # Fault the position pages in now: a first touch costs tens of microseconds under nested paging, which
         # would otherwise land wherever the first read happens (inside a snapshot's pause, for one).
-        self._cons[0] = self._cons[0] + 0 * self._prod[0]
+        self._prod[0]  # noqa: B018 - a read faults the producer page in
+        self._cons[0] = self._cons[0]  # a write faults the consumer page in (writable)
         self._epoll = select.epoll()
         self.records = 0      # records handed out so far
         self.discarded = 0    # records the program discarded
