@@ -776,23 +776,32 @@ def test_missing_privilege_names_the_capability():
     assert "CAP_BPF" in proc.stdout and "run goprobe as root" in proc.stdout and "EPERM" in proc.stdout
 
 
-def test_verifier_log_buffer_grows_on_enospc(monkeypatch):
+def test_verifier_log_statistics_on_success_trace_on_rejection(monkeypatch):
     with sc.create_ringbuf(1 << 12, name="rb") as ring, sc.create_array(16, 1, name="stats") as stats, \
             sc.create_hash(4, 8, 4, name="m") as m:
         good = compile_to_object(handle_probe_ir(ring.fd, stats.fd), name="good")
         bad = compile_to_object(unchecked_lookup_ir(m.fd), name="bad")
 
-        monkeypatch.setattr(sc, "_MIN_LOG", 128)  # far too small for the instruction trace: must grow
+        # A program that loads is verified once, with statistics only (no per-instruction trace); a buffer
+        # too small even for those grows.
+        monkeypatch.setattr(sc, "_STATS_LOG", 16)
         with load_program(good, "uprobe/handle", name="grown") as prog:
-            assert len(prog.log) > 128 and "processed" in prog.log
+            assert "processed" in prog.log and len(prog.log) > 16
             assert prog.stats.processed_insns > 10
+            assert "R0=" not in prog.log and "call bpf_" not in prog.log
 
-        monkeypatch.setattr(sc, "_MAX_LOG", 256)  # the trace can never fit: statistics only, still loads
-        with load_program(good, "uprobe/handle", name="capped") as prog:
-            assert prog.stats.processed_insns > 10
+        # A rejected one is verified again with the trace: the error carries the cause.
+        with pytest.raises(errors.VerifierError, match="map_value_or_null") as exc:
+            load_program(bad, "uprobe/bad", name="traced_bad")
+        assert not exc.value.truncated and "processed" in exc.value.log and "call bpf_" in exc.value.log
+        full = exc.value.log
+
+        # A trace longer than its buffer keeps its tail, where the cause is.
+        monkeypatch.setattr(sc, "_TRACE_LOG", len(full) * 3 // 4)
         with pytest.raises(errors.VerifierError, match="map_value_or_null") as exc:
             load_program(bad, "uprobe/bad", name="capped_bad")
         assert exc.value.truncated and "truncated" in str(exc.value)
+        assert len(exc.value.log) < len(full) and not exc.value.log.startswith(full[:40])  # the head is gone
 
 
 def count_ir(counter_fd: int) -> str:

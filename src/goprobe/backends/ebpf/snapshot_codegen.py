@@ -41,7 +41,8 @@ SLOT_SBASE, SLOT_SEND, SLOT_BATCH = SLOT_TYPES + 8, SLOT_TYPES + 16, SLOT_TYPES 
 SLOT_PLAN_PC, SLOT_PLAN_CFA = SLOT_BATCH + 8, SLOT_BATCH + 16
 SLOT_GLO, SLOT_GHI = SLOT_PLAN_CFA + 8, SLOT_PLAN_CFA + 16  # the target addresses the g window holds
 SLOT_SWLO, SLOT_SWHI = SLOT_GHI + 8, SLOT_GHI + 16  # the target addresses the stack copy holds
-G_OFF = SLOT_SWHI + 8  # the g window: the goroutine's g, and the ones allocated right after it
+SLOT_LAST, SLOT_KEEP_BP = SLOT_SWHI + 8, SLOT_SWHI + 16  # the frame is the last one; its rule keeps RBP
+G_OFF = SLOT_KEEP_BP + 8  # the g window: the goroutine's g, and the ones allocated right after it
 # The runtime allocates g's one after the other (480 bytes apart on Go 1.27): one read of this many bytes
 # holds the g's of the next dozen goroutines. A read costs ~150 ns here whatever its size up to a few KiB.
 G_WINDOW = 1 << 13
@@ -55,6 +56,7 @@ STACK_WINDOW = 1 << 13
 STACK_OFF = BATCH_OFF + 8 * ALLGS_BATCH
 SCRATCH_SIZE = STACK_OFF + 2 * STACK_COPY
 
+ROW_RESULT = TMP_OFF + 16  # find_row's answer: the row (16 bytes)
 PC_CACHE_BITS = 16  # the PC cache's slots: 2**16 entries of (pc, row)
 PC_CACHE_ENTRY = 8 + ROW.size
 PC_HASH = 0x9E3779B97F4A7C15 - (1 << 64)  # Fibonacci hashing (as a signed i64 constant for LLVM)
@@ -232,7 +234,7 @@ class _SnapshotProgram(_SiteProgram):
         self._last_subprogram = dbg
         text_params = ", ".join(f"{'ptr' if k == 'ptr' else k} %{p}" for p, k in params)
         return self.gen.module.function(name, SECTIONS[self.gen.trigger], params=text_params, ret=ret,
-                                        linkage="internal " if local else "", dbg=dbg, noinline=local)
+                                        linkage="internal " if local else "", dbg=dbg, noinline=True)
 
     def _enter(self, fn: Function, state: str | None) -> str:
         """Common start of each function: the task (from the loop state) and the scratch area."""
@@ -256,6 +258,7 @@ class _SnapshotProgram(_SiteProgram):
 
     def emit(self) -> None:
         self.emit_plans()
+        self.emit_find_row()
         self.emit_frame()
         self.emit_goroutine()
         self.emit_main()
@@ -488,7 +491,8 @@ class _SnapshotProgram(_SiteProgram):
         f.block(go)
         sp, bp = self.vload(SLOT_SP), self.vload(SLOT_BP)
         lookup = f.select(f.icmp("eq", "%index", 0), pc, f.sub(pc, 1))
-        row = self.find_row(lookup)
+        f(f"call i64 @find_row(i64 {lookup}), !dbg {self.gen.di.location(self.frame_subprogram)}")
+        row = f.gep(self.scratch, ROW_RESULT)
         reg = f.load(f.gep(row, 12), 8)
         off = f.op(f"sext i32 {f.op(f'load i32, ptr {f.gep(row, 8)}, align 8')} to i64")
         flags = f.load(f.gep(row, 13), 8)
@@ -499,14 +503,22 @@ class _SnapshotProgram(_SiteProgram):
         cfa_fp = f.select(f.icmp("ne", bp, 0), f.add(bp, 16), 0)
         cfa = f.select(has_rule, f.select(f.icmp("eq", reg, RSP), cfa_rsp,
                                           f.select(f.icmp("eq", reg, RBP), cfa_rbp, 0)), cfa_fp)
-        self.put((64, pc), (64, sp), (32, planset))
-        self.frame_captures(planset, lookup, cfa)
-        f.store(self.slot(SLOT_N), f.add(self.vload(SLOT_N), 1))
         last = f.op(f"or i1 {f.op(f'xor i1 {has_rule}, true')}, {f.icmp('ne', f.and_(flags, ROW_STOP), 0)}")
         last = f.op(f"or i1 {last}, {f.icmp('eq', cfa, 0)}")
+        # What the rest of the frame needs goes to scratch and is read back after the captures: no value the
+        # verifier knows differently on different paths lives across their calls, so it checks each capture
+        # subprogram once per frame callback, not once per path (the CFA's cases, the plan sets).
+        f.store(self.slot(SLOT_PLAN_PC), lookup)
+        f.store(self.slot(SLOT_PLAN_CFA), cfa)
+        f.store(self.slot(SLOT_LAST), f.op(f"zext i1 {last} to i64"))
+        f.store(self.slot(SLOT_KEEP_BP), f.op(f"zext i1 {f.icmp('eq', reg, RSP)} to i64"))
+        self.put((64, pc), (64, sp), (32, planset))
+        self.frame_captures(planset)
+        f.store(self.slot(SLOT_N), f.add(self.vload(SLOT_N), 1))
         cont = f.label("next")
-        f.cbr(last, stop, cont)
+        f.cbr(f.icmp("ne", self.vload(SLOT_LAST), 0), stop, cont)
         f.block(cont)
+        cfa = self.vload(SLOT_PLAN_CFA)
         tmp = f.gep(self.scratch, TMP_OFF)
         bad = self.read_user(tmp, 8, f.sub(cfa, 8))
         readable = f.label("ret_ok")
@@ -515,16 +527,27 @@ class _SnapshotProgram(_SiteProgram):
         ret = f.load(tmp)
         bad2 = self.read_user(tmp, 8, f.sub(cfa, 16))
         saved_bp = f.select(bad2, 0, f.load(tmp))
-        f.store(self.slot(SLOT_BP), f.select(f.icmp("eq", reg, RSP), bp, saved_bp))
+        keep = f.icmp("ne", self.vload(SLOT_KEEP_BP), 0)
+        f.store(self.slot(SLOT_BP), f.select(keep, self.vload(SLOT_BP), saved_bp))
         f.store(self.slot(SLOT_PC), ret)
         f.store(self.slot(SLOT_SP), cfa)
         f.ret("0")
+
+    def emit_find_row(self) -> None:
+        """``find_row(pc)``: the row in force at *pc*, copied to scratch ``ROW_RESULT``. A global function: the
+        verifier checks it once, on its own, whatever the states of its callers. Inlined in the frame callback,
+        the binary search's paths multiplied with every path that reaches a frame (550K instructions to verify
+        a program without captures, against 26K)."""
+        fn = self._function("find_row", [("pc", "i64")], "i64", False)
+        self._enter(fn, None)
+        self.find_row("%pc")
+        self.fn.ret("0")
 
     def find_row(self, pc: str) -> str:
         """The row in force at *pc*: from the PC cache (a hash map: goroutines share their code paths), else a
         binary search over the rows map, whose answer goes into the cache."""
         f = self.fn
-        res = f.gep(self.scratch, TMP_OFF + 16)
+        res = f.gep(self.scratch, ROW_RESULT)
         # Direct-mapped: slot = hash(pc); array lookups are inlined by the verifier (a hash lookup is a call).
         index = f.op(f"lshr i64 {f.op(f'mul i64 {pc}, {PC_HASH}')}, {64 - PC_CACHE_BITS}")
         entry = self.lookup(self.gen.maps.pc_cache, index)
@@ -609,37 +632,41 @@ class _SnapshotProgram(_SiteProgram):
 
     def emit_plans(self) -> None:
         """One subprogram per frame plan with captures, which calls one subprogram per capture: each stays
-        within BPF's jump range and is verified at its one call site."""
+        within BPF's jump range. With the uprobe trigger a plan's subprogram is a global function: the verifier
+        checks it once, on its own, instead of once per path of the frame callback that reaches it (the
+        iterator trigger's reads need the task, which only the callbacks' state can carry)."""
         self.plan_functions: dict[int, tuple[str, str]] = {}
+        alone = self.gen.trigger == "uprobe"
+        # The frame's PC and CFA are in scratch (SLOT_PLAN_PC, SLOT_PLAN_CFA); the iterator's reads need the
+        # task, which comes in the loop state.
+        params = [] if alone else [("state", "ptr")]
+        self.plan_args = "" if alone else "ptr %state"
+        state = None if alone else "%state"
         for k, fp in enumerate(self.gen.plan.frames):
             if not fp.captures or (self.gen.only is not None and k not in self.gen.only):
                 continue
             captures = []
             for j, (label, cands) in enumerate(_group(fp.captures)):
                 name = f"cap{k}_{j}"
-                fn = self._function(name, [("state", "ptr"), ("pc", "i64"), ("cfa", "i64")], "i64", True)
+                fn = self._function(name, params, "i64", True)
                 captures.append((name, self._last_subprogram))
-                self._enter(fn, "%state")
+                self._enter(fn, state)
                 self.stack_copy = True
-                # PC and CFA come opaquely from scratch: what the verifier learns about the PC while choosing
-                # this capture's location range dies here instead of splitting the caller's paths.
                 self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
                 self.fn.ret("0")
             name = f"plan{k}"
-            fn = self._function(name, [("state", "ptr"), ("pc", "i64"), ("cfa", "i64")], "i64", True)
+            fn = self._function(name, params, "i64", not alone)
             sp = self._last_subprogram
-            self._enter(fn, "%state")
+            self._enter(fn, state)
             self.stack_copy = True
-            self.fn.store(self.slot(SLOT_PLAN_PC), "%pc")
-            self.fn.store(self.slot(SLOT_PLAN_CFA), "%cfa")
             self.frame_dictionary(fp, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
             for cap_name, _sp in captures:
                 loc = self.gen.di.location(sp)
-                self.fn(f"call i64 @{cap_name}(ptr %state, i64 %pc, i64 %cfa), !dbg {loc}")
+                self.fn(f"call i64 @{cap_name}({self.plan_args}), !dbg {loc}")
             self.fn.ret("0")
             self.plan_functions[k] = (name, sp)
 
-    def frame_captures(self, planset: str, pc: str, cfa: str) -> None:
+    def frame_captures(self, planset: str) -> None:
         f = self.fn
         done = f.label("caps_done")
         for sid, members in enumerate(self.plan_sets):
@@ -652,7 +679,7 @@ class _SnapshotProgram(_SiteProgram):
             for k in calls:
                 name, _sp = self.plan_functions[k]
                 loc = self.gen.di.location(self.frame_subprogram)
-                f(f"call i64 @{name}(ptr %state, i64 {pc}, i64 {cfa}), !dbg {loc}")
+                f(f"call i64 @{name}({self.plan_args}), !dbg {loc}")
             f.br(done)
             f.block(nxt)
         f.br(done)

@@ -190,6 +190,8 @@ PERF_EVENT_IOC_SET_BPF = 0x40042408     # _IOW('$', 8, __u32)
 
 _MIN_LOG = 1 << 20
 _MAX_LOG = 1 << 28
+_STATS_LOG = 1 << 16  # statistics only: a few lines
+_TRACE_LOG = 1 << 24  # the trace of a rejected program: its tail (the kernel's log rolls)
 
 
 # -- file descriptors ---------------------------------------------------------------------------------------
@@ -487,10 +489,13 @@ def prog_load(prog_type: int, insns: bytes, *, name: str, license: str = "GPL",
               expected_attach_type: int = 0, attach_btf_id: int = 0, flags: int = 0,
               btf_fd: int = 0, func_info: bytes = b"", line_info: bytes = b"",
               log_level: int = LOG_LEVEL_TRACE | LOG_LEVEL_STATS) -> tuple[OwnedFd, str]:
-    """Load a program (``BPF_PROG_LOAD``); return its fd and the verifier log.
+    """Load a program (``BPF_PROG_LOAD``); return its fd and the verifier's statistics log.
 
-    The log starts with a large buffer; when the kernel says it was too small (ENOSPC) the load is retried
-    with a larger one. A rejection raises :class:`VerifierError` with the whole log.
+    The program is verified with statistics only: the kernel formats a trace line per instruction it
+    processes, which for a large program costs more than the verification itself (and a trace that
+    overflows the buffer fails the load, so it would be verified again). Only when the verifier rejects it
+    is it verified again with *log_level* to explain why; :class:`VerifierError` then carries the log (its
+    tail when the kernel's rolling log overflowed).
     """
     if len(insns) % BPF_INSN_SIZE or not insns:
         raise ValueError(f"program {name!r}: code is {len(insns)} bytes, not a non-empty multiple of 8")
@@ -498,16 +503,15 @@ def prog_load(prog_type: int, insns: bytes, *, name: str, license: str = "GPL",
     lic = ffi.new("char[]", license.encode())
     fi = ffi.from_buffer(func_info) if func_info else ffi.NULL
     li = ffi.from_buffer(line_info) if line_info else ffi.NULL
-    size = _MIN_LOG if log_level else 0
-    truncated_log = ""
-    while True:
+
+    def attempt(level: int, size: int) -> tuple[int, int, str, int]:
         log = ffi.new("char[]", max(size, 1))
         attr = ffi.new("struct bpf_prog_load_attr *")
         attr.prog_type = prog_type
         attr.insn_cnt = len(insns) // BPF_INSN_SIZE
         attr.insns = _ptr(code)
         attr.license = _ptr(lic)
-        attr.log_level = log_level if size else 0
+        attr.log_level = level if size else 0
         attr.log_size = size
         attr.log_buf = _ptr(log) if size else 0
         attr.prog_flags = flags
@@ -526,28 +530,32 @@ def prog_load(prog_type: int, insns: bytes, *, name: str, license: str = "GPL",
                 attr.line_info_cnt = len(line_info) // LINE_INFO_SIZE
         ret = libc.syscall(ffi.cast("long", SYS_BPF), ffi.cast("long", BPF_PROG_LOAD), attr,
                            ffi.cast("unsigned long", ffi.sizeof("struct bpf_prog_load_attr")))
-        code_err = ffi.errno
-        text = ffi.string(log).decode(errors="replace") if size else ""
-        if ret >= 0:
-            return OwnedFd(ret, "program", name), text
-        if code_err == _errno.ENOSPC and size:
-            # The log did not fit (the kernel fails the load then, whatever the verdict): grow it to the size
-            # the kernel says it needs. Past the cap, keep the (rolling) log's tail and retry with statistics
-            # only, so that a good program still loads.
-            if size < _MAX_LOG:
-                size = min(_MAX_LOG, max(size * 4, attr.log_true_size))
-                continue
-            if log_level != LOG_LEVEL_STATS:
-                truncated_log, log_level, size = text, LOG_LEVEL_STATS, _MIN_LOG
-                continue
-            raise VerifierError(code_err, name, truncated_log or text, truncated=True)
-        if code_err in (_errno.EPERM, _errno.EACCES) and not text:
-            raise error_for(code_err, "BPF_PROG_LOAD", f"loading program {name!r}")
-        if truncated_log:
-            raise VerifierError(code_err, name, truncated_log, truncated=True)
-        if text:
-            raise VerifierError(code_err, name, text)
-        raise BpfError(code_err, "BPF_PROG_LOAD", f"loading program {name!r}")
+        err = ffi.errno
+        return ret, err, ffi.string(log).decode(errors="replace") if size else "", attr.log_true_size
+
+    stats_level = LOG_LEVEL_STATS if log_level else 0
+    size = _STATS_LOG if log_level else 0
+    while True:
+        ret, err, text, true_size = attempt(stats_level, size)
+        if not (ret < 0 and err == _errno.ENOSPC and size and size < _MAX_LOG):
+            break
+        size = min(_MAX_LOG, max(size * 4, true_size))  # statistics are a few lines: this is not expected
+    if ret >= 0:
+        return OwnedFd(ret, "program", name), text
+    if err in (_errno.EPERM, _errno.EACCES) and not text:
+        raise error_for(err, "BPF_PROG_LOAD", f"loading program {name!r}")
+    if not log_level:
+        raise BpfError(err, "BPF_PROG_LOAD", f"loading program {name!r}")
+    if log_level & LOG_LEVEL_TRACE:
+        # Rejected: again with the trace. The kernel's log rolls: a trace longer than the buffer keeps its
+        # tail, where the cause is, and the load then fails with ENOSPC instead of the verifier's error.
+        ret, err2, trace, _true = attempt(log_level, _TRACE_LOG)
+        if ret >= 0:  # accepted this time (cannot happen: the verifier is deterministic); keep it
+            return OwnedFd(ret, "program", name), trace
+        if err2 != _errno.ENOSPC:
+            err = err2
+        raise VerifierError(err, name, trace, truncated=err2 == _errno.ENOSPC)
+    raise VerifierError(err, name, text)
 
 
 def prog_info(prog: OwnedFd) -> dict[str, int | str]:
