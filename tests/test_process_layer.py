@@ -300,6 +300,43 @@ def test_target_killed_while_paused(newest_version):
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize("main_thread", [False, True])
+def test_target_killed_during_a_single_step(newest_version, monkeypatch, main_thread):
+    """The process dies while goprobe waits for the stepped thread: a clear error, not a hang (the kernel
+    reports the main thread's death only after goprobe has reaped every other thread it traces)."""
+    binary = build_fixture("goroutines", newest_version, "opt")
+    real_waitpid = _libc.waitpid
+    with running(binary) as proc:
+        def kill_first(tid, options):
+            if not options & _libc.WNOHANG and _state_or_none(proc.pid) not in ("Z", None):
+                os.kill(proc.pid, signal.SIGKILL)
+                time.sleep(0.2)  # every thread is dead by now
+            return real_waitpid(tid, options)
+
+        outcome = []
+
+        def step() -> None:
+            try:
+                with pause(proc.pid) as p:
+                    if main_thread:  # every other thread has a signal to hand back: the main thread is stepped
+                        p._tracer.signals.update({t: signal.SIGURG for t in p._tracer.signals if t != proc.pid})
+                    monkeypatch.setattr(_libc, "waitpid", kill_first)
+                    p.step_through(p.threads[0].regs["rip"])
+            except BaseException as exc:  # noqa: BLE001 - examined below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=step, daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        assert not worker.is_alive(), "the tracer hung waiting for a thread of a killed process"
+        assert len(outcome) == 1 and isinstance(outcome[0], ProcessExitedError), outcome
+        monkeypatch.undo()
+        if not main_thread:  # the main thread's exit status is goprobe's to reap when goprobe is its parent
+            assert proc.proc.wait(timeout=5) == -signal.SIGKILL
+        assert proc.proc.wait(timeout=5) in (0, -signal.SIGKILL)
+        assert not os.path.exists(f"/proc/{proc.pid}")
+
+
 def test_reading_a_killed_process_inside_the_pause(newest_version):
     binary = build_fixture("goroutines", newest_version, "opt")
     addr = global_addr(binary, "runtime.allglen")

@@ -40,6 +40,7 @@ PTRACE_EVENT_STOP = 128
 # <sys/wait.h>
 WNOHANG = 1
 WALL = 0x40000000  # __WALL: wait for clone children (non-leader threads) too
+WNOTHREAD = 0x20000000  # __WNOTHREAD: only this thread's children (its tracees), not its siblings
 
 IOV_MAX = 1024
 

@@ -402,8 +402,9 @@ class _Tracer:
         restored after; returns the thread id. A uprobe on *addr* then runs its
         program in the target's own context (its memory read directly) while every other thread stays
         stopped."""
-        # Prefer a thread in an interrupt stop (no signal of its own to hand back), the main thread first.
-        for tid in sorted(self.signals, key=lambda t: (self.signals[t] != 0, t != self.pid, t)):
+        # Prefer a thread in an interrupt stop (no signal of its own to hand back), and not the main thread: if
+        # the process is killed during the step, another thread's death is reported at once (see _wait_one).
+        for tid in sorted(self.signals, key=lambda t: (self.signals[t] != 0, t == self.pid, t)):
             saved = _libc.ffi.new("struct user_regs_struct *")
             r, err = _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, saved)
             if r == -1:
@@ -447,18 +448,36 @@ class _Tracer:
 
     def _wait_one(self, tid: int) -> int:
         """The stop status of *tid* after a single step. The wait blocks: a step always ends in a stop or in
-        the thread's death, and polling would add its sleep to the pause."""
+        the thread's death, and polling would add its sleep to the pause.
+
+        If the process is killed meanwhile, its other (stopped) threads exit and stay zombies until their
+        tracer reaps them, and a killed thread-group leader is reported only after all of them are: for the
+        leader, every tracee of this thread is waited for (else the wait would never return). Other threads
+        are reported at once; they are waited for alone, which never reaps the leader's exit status (the
+        target's parent may be this very process, and it wants that status)."""
+        leader = tid == self.pid
         while True:
-            r, status, err = _libc.waitpid(tid, _libc.WALL)
-            if r == tid:
-                if not os.WIFSTOPPED(status):
-                    self.seized.discard(tid)
-                    self.signals.pop(tid, None)
-                    self.died = not self.signals
+            r, status, err = _libc.waitpid(-1 if leader else tid, _libc.WALL | _libc.WNOTHREAD)
+            if r == -1:
+                if err == errno.EINTR:
+                    continue
+                if err == errno.ECHILD:  # no tracee left: every thread is gone
+                    self.seized.clear()
+                    self.signals.clear()
+                    self.died = True
                     raise ProcessExitedError(f"pid {self.pid}: thread {tid} exited during the snapshot")
-                return status
-            if r == -1 and err != errno.EINTR:
                 raise ProcessError(f"waiting for thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
+            if r != tid:
+                if not os.WIFSTOPPED(status):  # another thread exited (the process is being killed)
+                    self.seized.discard(r)
+                    self.signals.pop(r, None)
+                continue  # the others are stopped already: nothing else can be reported for them
+            if not os.WIFSTOPPED(status):
+                self.seized.discard(tid)
+                self.signals.pop(tid, None)
+                self.died = not self.signals
+                raise ProcessExitedError(f"pid {self.pid}: thread {tid} exited during the snapshot")
+            return status
 
     def _detach_all(self) -> None:
         gone = 0
