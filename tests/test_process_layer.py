@@ -300,6 +300,22 @@ def test_target_killed_while_paused(newest_version):
     assert threading.active_count() == before
 
 
+def _status_field(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(line.split(":", 1)[1].strip() for line in fh if line.startswith(name + ":"))
+
+
+def test_warm_up_touches_no_process(monkeypatch):
+    """The calls made before a pause to set cffi up act on no process: a child of ours is still ours to reap,
+    and nothing is traced."""
+    child = subprocess.Popen(["sleep", "0.2"])
+    monkeypatch.setattr(_libc, "_warm", False)
+    _libc.warm_up()
+    assert _libc._warm
+    assert _status_field(child.pid, "TracerPid") == "0"
+    assert child.wait(timeout=5) == 0
+
+
 @pytest.mark.parametrize("main_thread", [False, True])
 def test_target_killed_during_a_single_step(newest_version, monkeypatch, main_thread):
     """The process dies while goprobe waits for the stepped thread: a clear error, not a hang (the kernel

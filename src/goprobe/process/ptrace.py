@@ -255,7 +255,13 @@ class _Tracer:
     """Owns the ptrace relationship; every ptrace call of one pause happens on its thread."""
 
     def __init__(self, pid: int, timeout: float, body=None) -> None:
+        _libc.warm_up()  # before the pause, not in it
         self.pid = pid
+        # Made now: inside the pause every line of Python runs with caches the target's threads (and the
+        # snapshot program) just filled with their own data, several times slower than here.
+        self.memory = ProcessMemory(pid)
+        self._saved_regs = _libc.ffi.new("struct user_regs_struct *")
+        self._step_regs = _libc.ffi.new("struct user_regs_struct *")
         self.timeout = timeout
         self.body = body  # run_paused: called on this thread while stopped; its result or exception is kept
         self.result = None
@@ -405,11 +411,11 @@ class _Tracer:
         # Prefer a thread in an interrupt stop (no signal of its own to hand back), and not the main thread: if
         # the process is killed during the step, another thread's death is reported at once (see _wait_one).
         for tid in sorted(self.signals, key=lambda t: (self.signals[t] != 0, t == self.pid, t)):
-            saved = _libc.ffi.new("struct user_regs_struct *")
+            saved, regs = self._saved_regs, self._step_regs
             r, err = _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, saved)
             if r == -1:
                 continue  # killed while stopped: try another thread
-            regs = _libc.ffi.new("struct user_regs_struct *", saved[0])
+            regs[0] = saved[0]
             regs.rip = addr
             regs.orig_rax = (1 << 64) - 1  # no system call to restart when this step resumes the thread
             regs.eflags &= ~_TRAP_FLAG
@@ -586,7 +592,7 @@ class _PausedView:
     def __init__(self, tracer: _Tracer) -> None:
         self._tracer = tracer
         self.pid = tracer.pid
-        self.memory = ProcessMemory(tracer.pid)
+        self.memory = tracer.memory
         self.stop_ns: int = tracer.stop_ns
 
     @property

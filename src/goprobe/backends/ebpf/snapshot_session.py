@@ -212,10 +212,10 @@ class EbpfSnapshotter:
         """While the process is still paused: encode the values the programs left to the interpreter
         (interfaces of types they do not decode, maps, channels, type parameters...) from the process's
         memory. Per program and g address: (capture length position, marker position, encoded bytes)."""
-        from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
-
         if not any(shard.fixup_reader.pending() for shard in self.shards):
             return [{} for _ in self.shards]  # the common case, decided without setting anything up
+        from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
+
         rt = RuntimeTypeInfo(self.plan.interfaces)
         result = []
         for shard in self.shards:
