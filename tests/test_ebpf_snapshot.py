@@ -12,7 +12,7 @@ import pytest
 
 from conftest import build_fixture
 from ebpf_support import no_leaked_kernel_fds, requires_bpf  # noqa: F401 (autouse fixture)
-from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter, find_trigger
+from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter, _groups, find_trigger
 from goprobe.backends.interpreter.snapshot import run_snapshot, running_goroutines
 from goprobe.dwarf.binary import GoBinary
 from goprobe.errors import GoprobeError
@@ -64,6 +64,24 @@ def test_kinds_snapshot_equals_the_interpreters_in_the_same_pause(go_version, bu
     assert ebpf == interp
     captured = [v for g in ebpf["goroutines"] for f in g["frames"] for v in f.get("variables", {}).values()]
     assert len(captured) >= 60
+
+
+@pytest.mark.parametrize("trigger", ["uprobe", "iterator"])
+def test_snapshot_programs_stay_cheap_to_verify(newest_version, build_mode, trigger):
+    """Every variable of the kinds fixture: each program of the request (one per SHARD_CAPTURES captures) loads
+    as planned, none split for being too large, each well under the verifier's million instructions. Paths that
+    multiply across subprogram calls once made a three-capture program cost over a million."""
+    binary = build_fixture("kinds", newest_version, build_mode)
+    with GoBinary(binary, use_cache=False) as b, running(binary) as proc:
+        req = _as_request(_kinds_request(b, proc.truth), None, None)
+        bias = load_bias(b, proc.pid)
+        plan = rebase(compile_request(b, req), bias)
+        where = find_trigger(b, f"/proc/{proc.pid}/exe", bias) if trigger == "uprobe" else None
+        with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
+            assert len(snapper.shards) == len(_groups(plan))
+            processed = [shard.program.stats.processed_insns for shard in snapper.shards]
+    assert all(n > 0 for n in processed)
+    assert max(processed) < (300_000 if trigger == "uprobe" else 800_000), processed
 
 
 def test_task_iterator_trigger_gives_the_same_snapshot(newest_version):

@@ -652,6 +652,8 @@ class _SnapshotProgram(_SiteProgram):
                 captures.append((name, self._last_subprogram))
                 self._enter(fn, state)
                 self.stack_copy = True
+                # PC and CFA come opaquely from scratch: what the verifier learns about the PC while choosing
+                # this capture's location range dies here instead of splitting the caller's paths.
                 self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
                 self.fn.ret("0")
             name = f"plan{k}"
