@@ -5,6 +5,7 @@ produce the same document (every fixture, Go release and build mode); the backen
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -78,7 +79,8 @@ def test_snapshot_programs_stay_cheap_to_verify(newest_version, build_mode, trig
         plan = rebase(compile_request(b, req), bias)
         where = find_trigger(b, f"/proc/{proc.pid}/exe", bias) if trigger == "uprobe" else None
         with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
-            assert len(snapper.shards) == len(_groups(plan))
+            assert len(snapper.parts) == len(_groups(plan))
+            assert len(snapper.shards) == len(snapper.parts) * snapper.workers
             processed = [shard.program.stats.processed_insns for shard in snapper.shards]
     assert all(n > 0 for n in processed)
     assert max(processed) < (300_000 if trigger == "uprobe" else 800_000), processed
@@ -116,6 +118,32 @@ def test_backend_choice_in_api_and_cli(newest_version):
         assert cli_frame["variables"]["*pp"] == frame["variables"]["*pp"]
 
 
+def _affinities(pid: int) -> dict[int, set[int]]:
+    return {int(t): os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_goroutines_shared_among_stepped_threads_give_the_same_snapshot(newest_version, workers):
+    """One thread walks every goroutine, or three (more than this machine's CPUs: two share one) each walk
+    their share of allgs: the document is the interpreter's in both cases."""
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with GoBinary(binary, use_cache=False) as b, running(binary, ["-n", "300"]) as proc:
+        req = _as_request({}, None, None)
+        bias = load_bias(b, proc.pid)
+        plan = rebase(compile_request(b, req), bias)
+        where = find_trigger(b, f"/proc/{proc.pid}/exe", bias)
+        with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where, workers=workers) as snapper:
+            assert snapper.workers == workers and len(snapper.shards) == workers
+            with pause(proc.pid) as paused:
+                snapper.run(paused)
+                running_now = running_goroutines(plan, paused.memory, paused.threads, req.limits)
+                raw_interp = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+            raw_ebpf = snapper.raw_snapshot(snapper.records(), running_now)
+        ebpf = decode_snapshot(raw_ebpf, plan, b, pid=proc.pid)
+        interp = decode_snapshot(raw_interp, plan, b, pid=proc.pid)
+    assert ebpf == interp and len(ebpf["goroutines"]) > 300
+
+
 def test_stepping_a_thread_for_the_trigger_leaves_the_program_unchanged(newest_version, tmp_path):
     """Each in-target snapshot single-steps one stopped thread through the trigger instruction and puts its
     registers back: a program computing hard meanwhile (a thread is caught mid-loop, or in a system call)
@@ -129,6 +157,7 @@ def test_stepping_a_thread_for_the_trigger_leaves_the_program_unchanged(newest_v
     with running(binary, env={"GOPROBE_CALL_LOG": str(log)}) as proc, GoBinary(binary) as b:
         fx = Fixture(proc, log)
         assert fx.command("call 5") == "done 5"
+        masks = _affinities(fx.pid)
         before = [r["ret"] for r in fx.log()]
         trigger = find_trigger(b, f"/proc/{fx.pid}/exe", load_bias(b, fx.pid))
         original = fx.peek(trigger.address)
@@ -146,6 +175,8 @@ def test_stepping_a_thread_for_the_trigger_leaves_the_program_unchanged(newest_v
         assert fx.command("call 5") == "done 5"
         assert [r["ret"] for r in fx.log()[len(before):]] == before
         assert fx.peek(trigger.address) == original
+        # Threads stepped together are each given a CPU for the step; their own masks are back after.
+        assert {t: m for t, m in _affinities(fx.pid).items() if t in masks} == masks
         with open(f"/proc/{fx.pid}/status") as fh:
             status = fh.read()
         assert "TracerPid:\t0" in status and "State:\tt" not in status

@@ -221,6 +221,7 @@ class _Timeout(Exception):
 
 
 _TRAP_FLAG = 0x100  # EFLAGS.TF
+STEP_THREADS_MAX = 8  # threads stepped at once at most (step_many)
 
 
 class _Job:
@@ -260,7 +261,7 @@ class _Tracer:
         # Made now: inside the pause every line of Python runs with caches the target's threads (and the
         # snapshot program) just filled with their own data, several times slower than here.
         self.memory = ProcessMemory(pid)
-        self._saved_regs = _libc.ffi.new("struct user_regs_struct *")
+        self._saved_regs = [_libc.ffi.new("struct user_regs_struct *") for _ in range(STEP_THREADS_MAX)]
         self._step_regs = _libc.ffi.new("struct user_regs_struct *")
         self.timeout = timeout
         self.body = body  # run_paused: called on this thread while stopped; its result or exception is kept
@@ -408,37 +409,92 @@ class _Tracer:
         restored after; returns the thread id. A uprobe on *addr* then runs its
         program in the target's own context (its memory read directly) while every other thread stays
         stopped."""
-        # Prefer a thread in an interrupt stop (no signal of its own to hand back), and not the main thread: if
-        # the process is killed during the step, another thread's death is reported at once (see _wait_one).
-        for tid in sorted(self.signals, key=lambda t: (self.signals[t] != 0, t == self.pid, t)):
-            saved, regs = self._saved_regs, self._step_regs
-            r, err = _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, saved)
-            if r == -1:
-                continue  # killed while stopped: try another thread
-            regs[0] = saved[0]
-            regs.rip = addr
-            regs.orig_rax = (1 << 64) - 1  # no system call to restart when this step resumes the thread
-            regs.eflags &= ~_TRAP_FLAG
-            try:
-                if _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, regs)[0] == -1:
-                    continue
-                self._step(tid, addr)
-                return tid
-            finally:
-                _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, saved)
-        self.died = True
-        raise ProcessExitedError(f"pid {self.pid} has no thread left to run the snapshot program on")
+        return self.step_many(addr)[0]
 
-    def _step(self, tid: int, addr: int) -> None:
+    def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:
+        """Like :meth:`step_through`, with up to *count* threads stepped at the same time (each can run its
+        share of the program's work on a CPU of its own); returns their ids. *before(tids)* is called once
+        they are chosen, before any of them runs."""
+        # Prefer threads in an interrupt stop (no signal of their own to hand back), and not the main thread:
+        # if the process is killed during the step, another thread's death is reported at once, and waiting
+        # for the main thread takes any tracee's report (see _wait_one), so it is only ever stepped alone.
+        order = sorted(self.signals, key=lambda t: (self.signals[t] != 0, t == self.pid, t))
+        if count > 1 and any(t != self.pid for t in order):
+            order = [t for t in order if t != self.pid]
+        saved: dict[int, object] = {}
+        running: set[int] = set()
+        pinned: dict[int, set[int]] = {}
+        try:
+            for tid in order:
+                if len(saved) == min(count, len(self._saved_regs)):
+                    break
+                buf = self._saved_regs[len(saved)]
+                if _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, buf)[0] == -1:
+                    continue  # killed while stopped: try another thread
+                regs = self._step_regs
+                regs[0] = buf[0]
+                regs.rip = addr
+                regs.orig_rax = (1 << 64) - 1  # no system call to restart when this step resumes the thread
+                regs.eflags &= ~_TRAP_FLAG
+                saved[tid] = buf
+                if _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, regs)[0] == -1:
+                    del saved[tid]  # killed while stopped: try another thread
+            tids = list(saved)
+            if not tids:
+                self.died = True
+                raise ProcessExitedError(f"pid {self.pid} has no thread left to run the snapshot program on")
+            if before is not None:
+                before(tids)
+            if len(tids) == 1:
+                self._step(tids[0], addr)
+                return tids
+            # Woken together, the threads tend to be queued on one CPU and run one after the other: each gets
+            # a CPU of its own for the step (its own affinity mask is put back right after).
+            for i, tid in enumerate(tids):
+                try:
+                    allowed = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {sorted(allowed)[i % len(allowed)]})
+                    pinned[tid] = allowed
+                except OSError:
+                    continue  # it runs where the scheduler puts it
+            for tid in tids:
+                self._single_step(tid)
+                running.add(tid)
+            for tid in tids:
+                status = self._wait_one(tid)
+                running.discard(tid)
+                self._step(tid, addr, status)
+            return tids
+        finally:
+            for tid in running:  # an error left it stepping: its registers can only be put back once it stops
+                try:
+                    self._wait_one(tid)
+                except GoprobeError:
+                    continue
+            for tid, buf in saved.items():
+                _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, buf)
+            for tid, allowed in pinned.items():
+                try:
+                    os.sched_setaffinity(tid, allowed)
+                except OSError:
+                    pass  # it exited
+
+    def _single_step(self, tid: int) -> None:
+        r, err = _libc.ptrace(_libc.PTRACE_SINGLESTEP, tid, 0, 0)
+        if r == -1:
+            raise ProcessError(f"PTRACE_SINGLESTEP of thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
+
+    def _step(self, tid: int, addr: int, status: int | None = None) -> None:
+        """Step *tid* until it has executed the instruction at *addr* (*status*: the stop it already reported
+        after a step, if any)."""
         for _attempt in range(4):
-            r, err = _libc.ptrace(_libc.PTRACE_SINGLESTEP, tid, 0, 0)
-            if r == -1:
-                raise ProcessError(f"PTRACE_SINGLESTEP of thread {tid} of pid {self.pid} failed: "
-                                   f"{os.strerror(err)}")
-            status = self._wait_one(tid)
+            if status is None:
+                self._single_step(tid)
+                status = self._wait_one(tid)
             sig, event = os.WSTOPSIG(status), status >> 16
+            status = None
             if event == 0 and sig == signal.SIGTRAP:
-                regs = _libc.ffi.new("struct user_regs_struct *")
+                regs = self._step_regs
                 _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, regs)
                 if regs.rip != addr:
                     return
@@ -554,10 +610,17 @@ class PausedProcess:
         :class:`ProcessExitedError`) if that cannot be done."""
         if self._done:
             raise ProcessError(f"pid {self.pid} is no longer paused")
+        return self.step_many(addr)[0]
+
+    def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:
+        """Like :meth:`step_through`, with up to *count* threads at the same time; returns their ids.
+        *before(tids)* is called once they are chosen, before any of them runs."""
+        if self._done:
+            raise ProcessError(f"pid {self.pid} is no longer paused")
         t = self._tracer
         if threading.current_thread() is t.thread:
-            return t.step_through(addr)
-        job = _Job(lambda: t.step_through(addr))
+            return t.step_many(addr, count, before)
+        job = _Job(lambda: t.step_many(addr, count, before))
         t.jobs.put(job)
         while not job.done.wait(0.5):
             if not t.thread.is_alive():
@@ -603,6 +666,9 @@ class _PausedView:
 
     def step_through(self, addr: int) -> int:
         return self._tracer.step_through(addr)
+
+    def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:
+        return self._tracer.step_many(addr, count, before)
 
 
 def run_paused(pid: int, body, *, timeout: float = 2.0):

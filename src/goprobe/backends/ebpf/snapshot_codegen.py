@@ -42,7 +42,8 @@ SLOT_PLAN_PC, SLOT_PLAN_CFA = SLOT_BATCH + 8, SLOT_BATCH + 16
 SLOT_GLO, SLOT_GHI = SLOT_PLAN_CFA + 8, SLOT_PLAN_CFA + 16  # the target addresses the g window holds
 SLOT_SWLO, SLOT_SWHI = SLOT_GHI + 8, SLOT_GHI + 16  # the target addresses the stack copy holds
 SLOT_LAST, SLOT_KEEP_BP = SLOT_SWHI + 8, SLOT_SWHI + 16  # the frame is the last one; its rule keeps RBP
-G_OFF = SLOT_KEEP_BP + 8  # the g window: the goroutine's g, and the ones allocated right after it
+SLOT_FIRST = SLOT_KEEP_BP + 8  # the allgs index of this program's first goroutine (its share)
+G_OFF = SLOT_FIRST + 8  # the g window: the goroutine's g, and the ones allocated right after it
 # The runtime allocates g's one after the other (480 bytes apart on Go 1.27): one read of this many bytes
 # holds the g's of the next dozen goroutines. A read costs ~150 ns here whatever its size up to a few KiB.
 G_WINDOW = 1 << 13
@@ -74,14 +75,16 @@ class SnapshotMapFds:
     pc_cache: int  # array, direct-mapped: (lookup PC, its row) per slot (filled as frames are met; kept across runs)
     fixups: int  # ring buffer: values left to the interpreter (event_codegen.defer)
     # uprobe trigger: array of ARM_WORDS u64 (mmapable); [0] the armed run number, [1 + shard] the last run
-    # done, [ARM_SLOTS + shard] how many goroutines that run found on a thread (running or in a system call)
+    # done, [ARM_SLOTS + shard] how many goroutines that run found on a thread (running or in a system call),
+    # [ARM_TIDS + shard] the thread that runs it (when several threads share the goroutines)
     arm: int = -1
 
 
 TRIGGERS = ("uprobe", "iterator")
 SECTIONS = {"uprobe": "uprobe.s", "iterator": "iter/task"}
 ARM_SLOTS = 64
-ARM_WORDS = 2 * ARM_SLOTS
+ARM_TIDS = 2 * ARM_SLOTS  # [ARM_TIDS + shard]: the thread that runs this program's share (workers > 1)
+ARM_WORDS = 3 * ARM_SLOTS
 G_RUNNING, G_SYSCALL = 2, 3
 
 
@@ -131,16 +134,23 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
 
 
 def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits,
-             only: frozenset[int] | None = None, *, trigger: str = "uprobe", shard: int = 0) -> GeneratedSnapshot:
+             only: frozenset[int] | None = None, *, trigger: str = "uprobe", shard: int = 0,
+             worker: int = 0, workers: int = 1) -> GeneratedSnapshot:
     """The program; with *only*, it captures in frames of those plans only (a request too large for one
     program is split into several, each verified on its own). *trigger*: see the module's docstring; a
-    ``uprobe`` program runs only while ``arm[0]`` is non-zero and then stores it in ``arm[1 + shard]``."""
+    ``uprobe`` program runs only while ``arm[0]`` is non-zero and then stores it in ``arm[1 + shard]``.
+    With *workers* > 1 (uprobe trigger) the goroutines are shared among that many threads stepped at once:
+    this program walks share *worker* of ``allgs`` (whole batches of ALLGS_BATCH), and only on the thread
+    ``arm[ARM_TIDS + shard]``."""
+    if workers > 1 and trigger != "uprobe":
+        raise ValueError("only the uprobe trigger shares the goroutines among threads")
     if trigger not in TRIGGERS:
         raise ValueError(f"unknown snapshot trigger {trigger!r}; use one of {TRIGGERS}")
     gen = _SnapshotGenerator(plan, maps, limits)
     gen.only = only
     gen.trigger = trigger
     gen.shard = min(shard, ARM_SLOTS - 2)
+    gen.worker, gen.workers = worker, workers
     return gen.run(n_rows, plan_sets)
 
 
@@ -159,6 +169,7 @@ class _SnapshotGenerator:
         self.defer = True
         self.trigger = "uprobe"
         self.shard = 0
+        self.worker, self.workers = 0, 1
 
     def reason(self, text: str) -> int:
         if text not in self.reasons:
@@ -275,6 +286,12 @@ class _SnapshotProgram(_SiteProgram):
             armed = f.load(arm, volatile=True)
             f.cbr(f.icmp("eq", armed, 0), out, have)
             f.block(have)
+            if self.gen.workers > 1:  # this program's share is walked by one thread of those stepped
+                mine = f.label("mine")
+                tid = f.and_(f.helper("get_current_pid_tgid"), (1 << 32) - 1)
+                f.cbr(f.icmp("eq", tid, f.load(f.gep(arm, 8 * (ARM_TIDS + self.gen.shard)), volatile=True)),
+                      mine, out)
+                f.block(mine)
             f.store(f.gep(arm, 8 * (1 + self.gen.shard)), armed)
             f.store(f.gep(arm, 8 * (ARM_SLOTS + self.gen.shard)), 0)
             f(f"store ptr null, ptr {state}")
@@ -299,6 +316,15 @@ class _SnapshotProgram(_SiteProgram):
         bad3 = self.read_user(tmp, 8, str(self.gen.plan.interfaces.types_field_addr))
         f.store(f.gep(scratch, SLOT_TYPES), f.select(bad3, 0, f.load(tmp)))
         n = f.select(f.icmp("ugt", n, self.gen.plan.max_goroutines), self.gen.plan.max_goroutines, n)
+        first = 0
+        if self.gen.workers > 1:
+            # Share w of W: [n*w/W, n*(w+1)/W), both ends rounded down to whole batches of g pointers.
+            w, ws = self.gen.worker, self.gen.workers
+            first = f.and_(f.op(f"udiv i64 {f.op(f'mul i64 {n}, {w}')}, {ws}"), -ALLGS_BATCH) if w else 0
+            end = n if w == ws - 1 else f.and_(f.op(f"udiv i64 {f.op(f'mul i64 {n}, {w + 1}')}, {ws}"),
+                                               -ALLGS_BATCH)
+            n = f.select(f.icmp("ugt", end, first), f.sub(end, first), 0)
+        f.store(f.gep(scratch, SLOT_FIRST), first)
         n32 = f.op(f"trunc i64 {n} to i32")
         f.helper("loop", f"i32 {n32}", "ptr @per_goroutine", f"ptr {state}", "i64 0")
         f.br(out)
@@ -313,13 +339,14 @@ class _SnapshotProgram(_SiteProgram):
         f = self.fn
         gl = self.gen.plan.goroutines
         base = self.vload(SLOT_ALLGS)
+        index = f.add("%index", self.vload(SLOT_FIRST))  # in allgs (SLOT_FIRST: a whole number of batches)
         # The g pointers, ALLGS_BATCH at a time (the last batch may reach past allglen: those are not used).
         k = f.and_("%index", ALLGS_BATCH - 1)
         refill, have = f.label("refill"), f.label("batch")
         f.cbr(f.icmp("eq", k, 0), refill, have)
         f.block(refill)
         batch = f.gep(scratch, BATCH_OFF)
-        bad = self.read_user(batch, 8 * ALLGS_BATCH, f.add(base, f.mul("%index", 8)))
+        bad = self.read_user(batch, 8 * ALLGS_BATCH, f.add(base, f.mul(index, 8)))
         f.store(self.slot(SLOT_BATCH), f.op(f"zext i1 {bad} to i64"))
         f.br(have)
         f.block(have)
@@ -328,7 +355,7 @@ class _SnapshotProgram(_SiteProgram):
         f.cbr(f.icmp("ne", self.vload(SLOT_BATCH), 0), single, fast)
         f.block(single)  # the batch ran past the end of a readable mapping: one pointer at a time
         tmp = f.gep(scratch, TMP_OFF)
-        bad1 = self.read_user(tmp, 8, f.add(base, f.mul("%index", 8)))
+        bad1 = self.read_user(tmp, 8, f.add(base, f.mul(index, 8)))
         f.store(gpp, f.select(bad1, 0, f.load(tmp)))
         f.br(go)
         f.block(fast)

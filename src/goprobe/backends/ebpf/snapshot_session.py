@@ -43,6 +43,7 @@ def ring_size_for(goroutines: int, per_goroutine: int = 512) -> int:
 
 
 SHARD_CAPTURES = 60  # captures per program before a request is split (each part is verified on its own)
+WORKERS = 2  # threads that share the goroutines at most (one per CPU): each walks its share on a CPU
 
 # Functions that run only when the program is already failing: their code is where the trigger's uprobe goes.
 COLD_FUNCTIONS = ("runtime.badctxt", "runtime.badmorestackg0", "runtime.badmorestackgsignal", "runtime.abort",
@@ -89,17 +90,19 @@ class _Shard:
     """One program of a snapshot: it walks every goroutine and captures in the frames of its plans."""
 
     def __init__(self, owner: EbpfSnapshotter, plans: frozenset[int], glim, pid: int, ring_bytes: int,
-                 index: int) -> None:
+                 index: int, worker: int) -> None:
         own = owner._own
         self.plans = plans
         self.index = index
+        self.worker = worker
         self.events = own(sc.create_ringbuf(ring_bytes, name="gp_snap"))
         self.fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
-        maps = S.SnapshotMapFds(owner.scratch.fd, self.events.fd, owner.rows.fd, owner.seen.fd, owner.pc_cache.fd,
+        scratch, seen, pc_cache = owner.worker_maps[worker]
+        maps = S.SnapshotMapFds(scratch.fd, self.events.fd, owner.rows.fd, seen.fd, pc_cache.fd,
                                 self.fixup_ring.fd, owner.arm.fd)
         trigger = "uprobe" if owner.trigger is not None else "iterator"
         self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans,
-                                    trigger=trigger, shard=self.index)
+                                    trigger=trigger, shard=self.index, worker=worker, workers=owner.workers)
         obj = compile_to_object(self.generated.ir, name="snapshot")
         if owner.trigger is not None:
             self.program = own(load_program(obj, S.SECTIONS["uprobe"], name="snapshot", entry="snapshot",
@@ -117,11 +120,14 @@ class EbpfSnapshotter:
     """The loaded snapshot program(s) for one process; :meth:`run` while the process is paused."""
 
     def __init__(self, plan: SnapshotPlan, pid: int, limits, *, goroutines_hint: int = 10_000,
-                 trigger: Trigger | None = None) -> None:
+                 trigger: Trigger | None = None, workers: int | None = None) -> None:
         """*trigger*: where to run the program inside the target (see :func:`find_trigger`); None runs it
-        from a task iterator."""
+        from a task iterator. *workers*: how many of the target's threads share the goroutines, each stepped
+        through the trigger at the same time with programs of its own (default: one per CPU, at most
+        WORKERS; the iterator trigger uses one)."""
         self.plan = plan
         self.trigger = trigger
+        self.workers = 1 if trigger is None else max(1, workers or min(WORKERS, os.cpu_count() or 1))
         self._runs = 0
         self._closables: list = []
         try:
@@ -138,9 +144,13 @@ class EbpfSnapshotter:
                 blob = b"".join(rows)
                 values[:len(blob)] = blob
             self.rows.freeze()
-            self.scratch = self._own(sc.create_array(S.SCRATCH_SIZE, 1, name="gp_sscratch"))
-            self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
-            self.pc_cache = self._own(sc.create_array(S.PC_CACHE_ENTRY, 1 << S.PC_CACHE_BITS, name="gp_pcs"))
+            # Per worker (threads running at the same time must not share them): scratch, the "seen" keys of
+            # pointers followed (numbered from scratch) and the PC cache (entries are written non-atomically).
+            self.worker_maps = [
+                (self._own(sc.create_array(S.SCRATCH_SIZE, 1, name="gp_sscratch")),
+                 self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen")),
+                 self._own(sc.create_array(S.PC_CACHE_ENTRY, 1 << S.PC_CACHE_BITS, name="gp_pcs")))
+                for _w in range(self.workers)]
             glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
                             limits.pointer_depth, None, None, False)
             ring = ring_size_for(goroutines_hint)
@@ -149,27 +159,35 @@ class EbpfSnapshotter:
             groups = _groups(plan)
             # Each program is compiled (in a child process) and verified (in the kernel) on its own: a request
             # split into several programs loads them side by side, one per CPU.
-            with ThreadPoolExecutor(max_workers=max(1, min(len(groups), os.cpu_count() or 1))) as pool:
-                parts = list(pool.map(lambda group: self._load(group, glim, pid, ring), groups))
-            self.shards: list[_Shard] = [shard for part in parts for shard in part]
+            jobs = [(group, w) for w in range(self.workers) for group in groups]
+            with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+                loaded = list(pool.map(lambda job: self._load(job[0], glim, pid, ring, job[1]), jobs))
+            self.shards: list[_Shard] = [shard for part in loaded for shard in part]
+            # parts[i]: the programs capturing the same plans, one per worker (in allgs order of their shares)
+            per_worker = [[sh for sh in self.shards if sh.worker == w] for w in range(self.workers)]
+            if len({len(x) for x in per_worker}) != 1:
+                raise EbpfError("the snapshot programs of the workers were split differently; retry with "
+                                "backend='interp'")
+            self.parts: list[list[_Shard]] = [list(p) for p in zip(*per_worker)]
             self.generated = self.shards[0].generated
             self.program = self.shards[0].program
         except BaseException:
             self.close()
             raise
 
-    def _load(self, plans: list[int], glim, pid: int, ring: int) -> list[_Shard]:
+    def _load(self, plans: list[int], glim, pid: int, ring: int, worker: int) -> list[_Shard]:
         """Load a program for *plans*; if the verifier or LLVM finds it too large, split it in two."""
         with self._index_lock:
             index = next(self._indices)
         try:
-            return [_Shard(self, frozenset(plans), glim, pid, ring, index)]
+            return [_Shard(self, frozenset(plans), glim, pid, ring, index, worker)]
         except (VerifierError, CodegenError) as exc:
             too_big = isinstance(exc, CodegenError) or "too large" in str(exc) or "too complex" in str(exc)
             if len(plans) <= 1 or not too_big:
                 raise
             half = len(plans) // 2
-            return self._load(plans[:half], glim, pid, ring) + self._load(plans[half:], glim, pid, ring)
+            return (self._load(plans[:half], glim, pid, ring, worker)
+                    + self._load(plans[half:], glim, pid, ring, worker))
 
     def _own(self, thing):
         self._closables.append(thing)
@@ -190,8 +208,17 @@ class EbpfSnapshotter:
         words = self._arm_words
         words[:] = bytes(len(words))
         struct.pack_into("<Q", words, 0, self._runs)
+
+        def assign(tids: list[int]) -> None:  # each program's share to one of the stepped threads
+            for shard in self.shards:
+                struct.pack_into("<Q", words, 8 * (S.ARM_TIDS + min(shard.index, S.ARM_SLOTS - 2)),
+                                 tids[shard.worker % len(tids)])
+
         try:
-            paused.step_through(self.trigger.address)  # every shard's program is there
+            if self.workers > 1:  # every program is there; each runs on its own thread
+                paused.step_many(self.trigger.address, self.workers, assign)
+            else:
+                paused.step_through(self.trigger.address)
         finally:
             struct.pack_into("<Q", words, 0, 0)
         on_thread = 0
@@ -205,22 +232,23 @@ class EbpfSnapshotter:
         return on_threads() if on_threads is not None and on_thread else None
 
     def records(self) -> list[list[bytes]]:
-        """The records of the last run, per program, in allgs order."""
-        return [shard.ring.consume() for shard in self.shards]
+        """The records of the last run, per part of the request (one list for its workers' programs), in
+        allgs order."""
+        return [[rec for shard in part for rec in shard.ring.consume()] for part in self.parts]
 
     def resolve_fixups(self, memory, limits) -> list[dict[int, list[tuple[int, int, bytes]]]]:
         """While the process is still paused: encode the values the programs left to the interpreter
         (interfaces of types they do not decode, maps, channels, type parameters...) from the process's
         memory. Per program and g address: (capture length position, marker position, encoded bytes)."""
         if not any(shard.fixup_reader.pending() for shard in self.shards):
-            return [{} for _ in self.shards]  # the common case, decided without setting anything up
+            return [{} for _ in self.parts]  # the common case, decided without setting anything up
         from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 
         rt = RuntimeTypeInfo(self.plan.interfaces)
         result = []
-        for shard in self.shards:
+        for part in self.parts:
             out: dict[int, list[tuple[int, int, bytes]]] = {}
-            for raw in shard.fixup_reader.consume():
+            for raw in (rec for shard in part for rec in shard.fixup_reader.consume()):
                 gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
                 if tid >= len(self.plan.types.entries):
                     continue
@@ -241,8 +269,8 @@ class EbpfSnapshotter:
         (their registers, not ``g.sched``, tell where they are: the interpreter unwinds those)."""
         plan = self.plan
         errors: list[str] = []
-        parsed = [self._parse(shard, recs, (fixups or [{}] * len(self.shards))[i], errors)
-                  for i, (shard, recs) in enumerate(zip(self.shards, records))]
+        parsed = [self._parse(part[0], recs, (fixups or [{}] * len(self.parts))[i], errors)
+                  for i, (part, recs) in enumerate(zip(self.parts, records))]
         others = [{rec[0]: rec[5] for rec in part} for part in parsed[1:]]
         out = []
         for gp, goid, status, wait, truncated, frames in parsed[0]:
