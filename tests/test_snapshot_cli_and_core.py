@@ -159,3 +159,22 @@ def test_pause_limit_resumes_the_process_and_says_so(newest_version):
         assert any("pause limit of 1 ms" in e for e in snap["errors"])
         assert len(snap["goroutines"]) < 20000
         assert "TracerPid:\t0" in open(f"/proc/{proc.pid}/status").read()
+
+
+def test_the_collector_is_off_only_while_a_snapshot_is_built():
+    """Snapshots turn Python's cycle collector off while they make their objects (and inside the pause), and
+    leave it as they found it, even when building fails."""
+    import gc
+
+    from goprobe.snapshot import _no_gc
+
+    was = gc.isenabled()
+    try:
+        for state in (True, False):
+            (gc.enable if state else gc.disable)()
+            with pytest.raises(KeyError), _no_gc():
+                assert not gc.isenabled()
+                raise KeyError("building failed")
+            assert gc.isenabled() == state
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -279,12 +279,15 @@ class EbpfSnapshotter:
             else:
                 merged = []
                 for i, (pc, sp, hits) in enumerate(frames):
-                    hits = dict(hits)
-                    for other in others:  # the same frames, with the captures of the other programs' plans
-                        more = other.get(gp)
-                        if more is not None and i < len(more):
-                            hits.update(more[i][2])
-                    ordered = sorted(hits.values(), key=lambda h: h[3])
+                    if others:
+                        hits = dict(hits)
+                        for other in others:  # the same frames, with the captures of the other programs' plans
+                            more = other.get(gp)
+                            if more is not None and i < len(more):
+                                hits.update(more[i][2])
+                        ordered = sorted(hits.values(), key=lambda h: h[3])
+                    else:
+                        ordered = hits.values()  # made in plan-set (rank) order
                     merged.append(RawFrame(pc, sp, False, tuple((fn, inl, caps) for fn, inl, caps, _r in ordered)))
                 rg = RawGoroutine(goid, status, wait, None, tuple(merged), bool(truncated))
             if plan.goroutine_filter is not None and not any(
@@ -298,6 +301,21 @@ class EbpfSnapshotter:
         (function, inlined, captures)}) in the order of the frame's plan set."""
         plan, gen = self.plan, shard.generated
         out = []
+        # Per plan set: what its frames hold, in record order (rank, plan index, function, inlined, slots or
+        # None when the plan captures nothing); plan sets repeat across goroutines, so this is worked out once.
+        layouts: dict[int, list[tuple[int, int, str, bool, object]]] = {}
+
+        def layout(planset: int) -> list[tuple[int, int, str, bool, object]]:
+            entries = []
+            for rank, k in enumerate(gen.plan_sets[planset] if planset < len(gen.plan_sets) else ()):
+                fp = plan.frames[k]
+                if fp.captures and k not in shard.plans:
+                    continue  # another program captures these
+                entries.append((rank, k, fp.function, fp.inlined, gen.slots[k] if fp.captures else None))
+            layouts[planset] = entries
+            return entries
+
+        reasons = gen.reasons
         for raw in records:
             try:
                 gp, goid, status, wait, nframes, truncated = S.GOROUTINE_HEADER.unpack_from(raw, 0)
@@ -312,12 +330,10 @@ class EbpfSnapshotter:
                 pc, sp, planset = S.FRAME_HEADER.unpack_from(raw, pos)
                 pos += S.FRAME_HEADER.size
                 hits = {}
-                for rank, k in enumerate(gen.plan_sets[planset] if planset < len(gen.plan_sets) else ()):
-                    fp = plan.frames[k]
-                    if fp.captures and k not in shard.plans:
-                        continue  # another program captures these
-                    caps, pos = _captures(raw, pos, gen.slots[k], gen.reasons) if fp.captures else ((), pos)
-                    hits[k] = (fp.function, fp.inlined, caps, rank)
+                entries = layouts.get(planset)
+                for rank, k, function, inlined, slots in (layout(planset) if entries is None else entries):
+                    caps, pos = _captures(raw, pos, slots, reasons) if slots is not None else ((), pos)
+                    hits[k] = (function, inlined, caps, rank)
                 frames.append((pc, sp, hits))
             out.append((gp, goid, status, wait, truncated, frames))
         return out
