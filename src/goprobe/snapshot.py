@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-
 import os
 import struct
 from functools import lru_cache
@@ -144,15 +143,15 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
                         raise
                     used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
             _warm_up(pid, plan)
-            if plan.frames:
-                with _no_gc(), pause(pid) as paused:  # a collection would lengthen the pause
-                    raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
-            else:
-                # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
-                with _no_gc(), pause(pid) as paused:
-                    copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
-                raw = run_snapshot(plan, copy, paused.threads, req.limits)
-            with _no_gc():
+            with _no_gc():  # in the pause a collection would lengthen it
+                if plan.frames:
+                    with pause(pid) as paused:
+                        raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+                else:
+                    # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
+                    with pause(pid) as paused:
+                        copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
+                    raw = run_snapshot(plan, copy, paused.threads, req.limits)
                 proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
             proc["backend"] = "interp" if used != "ebpf" else used
             if note:
@@ -176,20 +175,18 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
     index = PlanIndex(plan)
     _warm_up(pid, plan)
     trigger = find_trigger(b, f"/proc/{pid}/exe", bias) if trigger_kind == "uprobe" else None
-    with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint, trigger=trigger) as snapper:
-        def while_paused(paused):
-            # The goroutines on a thread (if the program met any) are unwound by the interpreter from their
-            # thread's registers.
-            running = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
-                                                                     req.limits, index)) or {}
-            return running, snapper.resolve_fixups(paused.memory, req.limits)
+    with _no_gc():  # in the pause a collection would lengthen it
+        with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint, trigger=trigger) as snapper:
+            def while_paused(paused):
+                # The goroutines on a thread (if the program met any) are unwound by the interpreter from their
+                # thread's registers.
+                running = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
+                                                                         req.limits, index)) or {}
+                return running, snapper.resolve_fixups(paused.memory, req.limits)
 
-        with _no_gc():  # a collection inside the pause would lengthen it
             (running, fixups), pause_ns = run_paused(pid, while_paused)
-        # The records wait in the ring buffer: taking them out need not keep the process stopped.
-        with _no_gc():
+            # The records wait in the ring buffer: taking them out need not keep the process stopped.
             raw = snapper.raw_snapshot(snapper.records(), running, fixups)
-    with _no_gc():
         return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=pause_ns, bias=bias), req)
 
 

@@ -92,8 +92,9 @@ def warm_up() -> None:
     regs = ffi.new("struct user_regs_struct *")
     ptrace(PTRACE_SEIZE, nobody, 0, 0)
     ptrace(PTRACE_GETREGS, nobody, 0, regs)
-    copy = ffi.new("struct user_regs_struct *", regs[0])
-    copy.rip, copy.orig_rax, copy.eflags = regs.rip, (1 << 64) - 1, regs.eflags & ~0x100
+    copy = ffi.new("struct user_regs_struct *")
+    copy[0] = regs[0]  # as the single step prepares a thread's registers
+    copy.rip, copy.orig_rax, copy.eflags = regs.rip, regs.orig_rax, regs.eflags
     waitpid(nobody, WALL | WNOHANG)
     regs_from_user_regs(ffi.unpack(ffi.cast("unsigned long *", regs), len(USER_REGS_FIELDS)))
     _warm = True

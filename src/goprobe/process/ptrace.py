@@ -608,8 +608,6 @@ class PausedProcess:
         uprobe there runs its BPF program in the target's context; the process stays paused. Returns the
         thread id. Raises :class:`ProcessError` (or
         :class:`ProcessExitedError`) if that cannot be done."""
-        if self._done:
-            raise ProcessError(f"pid {self.pid} is no longer paused")
         return self.step_many(addr)[0]
 
     def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:

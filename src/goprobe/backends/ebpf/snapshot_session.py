@@ -215,10 +215,7 @@ class EbpfSnapshotter:
                                  tids[shard.worker % len(tids)])
 
         try:
-            if self.workers > 1:  # every program is there; each runs on its own thread
-                paused.step_many(self.trigger.address, self.workers, assign)
-            else:
-                paused.step_through(self.trigger.address)
+            paused.step_many(self.trigger.address, self.workers, assign)  # every program is there
         finally:
             struct.pack_into("<Q", words, 0, 0)
         on_thread = 0
