@@ -82,14 +82,13 @@ def compile_to_object(ir_text: str, *, name: str = "probe", isolate: bool = True
     code generation runs in a forked child, so such an error becomes a :class:`CodegenError` carrying
     LLVM's message instead of killing the caller (the fork costs a few milliseconds).
     """
-    target_machine()
-    if not isolate:
-        return _compile(ir_text, name)
-    return _compile_in_child(ir_text, name)
-
-
-def _compile(ir_text: str, name: str) -> bytes:
     tm = target_machine()
+    if not isolate:
+        return _compile(ir_text, name, tm)
+    return _compile_in_child(ir_text, name, tm)
+
+
+def _compile(ir_text: str, name: str, tm) -> bytes:
     try:
         module = llvm.parse_assembly(ir_text)
         module.verify()
@@ -105,9 +104,12 @@ def _compile(ir_text: str, name: str) -> bytes:
         raise CodegenError(f"LLVM could not emit BPF code for {name!r}: {e}") from None
 
 
-def _compile_in_child(ir_text: str, name: str) -> bytes:
+def _compile_in_child(ir_text: str, name: str, tm) -> bytes:
     # The object comes back through a pipe; LLVM's diagnostics go to a file (a pipe could fill up and block
-    # the child while the parent waits for the object).
+    # the child while the parent waits for the object). The child is forked from a process whose other
+    # threads may hold locks at that instant (several programs compile side by side): it takes none — it
+    # gets the target machine made before the fork rather than asking target_machine() under _lock, which
+    # once left a child waiting forever.
     out_r, out_w = os.pipe()
     with tempfile.TemporaryFile() as err:
         pid = os.fork()
@@ -117,7 +119,7 @@ def _compile_in_child(ir_text: str, name: str) -> bytes:
                 os.close(out_r)
                 os.dup2(err.fileno(), 2)
                 try:
-                    payload = b"O" + _compile(ir_text, name)
+                    payload = b"O" + _compile(ir_text, name, tm)
                 except CodegenError as e:
                     payload = b"E" + str(e).encode()
                 with os.fdopen(out_w, "wb") as f:
