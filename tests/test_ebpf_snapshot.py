@@ -118,6 +118,51 @@ def test_backend_choice_in_api_and_cli(newest_version):
         assert cli_frame["variables"]["*pp"] == frame["variables"]["*pp"]
 
 
+@pytest.mark.parametrize("fixture", ["kinds", "goroutines"])
+def test_a_pause_held_by_the_helper_gives_the_interpreters_document(newest_version, build_mode, fixture):
+    """The snapshot path's pause is held by the helper process: the program's records and the goroutines on
+    a thread (registers asked of the helper) decode to what the interpreter reads in that same pause. With
+    the arm's idle conditions the helper ends the pause with the step exactly when nothing is left to read
+    (no goroutine on a thread, no value left to the interpreter)."""
+    import attrs
+
+    from goprobe.process.remote_pause import run_paused_in_helper
+
+    binary = build_fixture(fixture, newest_version, build_mode)
+    with GoBinary(binary, use_cache=False) as b, running(binary) as proc:
+        req = _as_request(_kinds_request(b, proc.truth) if fixture == "kinds" else {}, None, None)
+        bias = load_bias(b, proc.pid)
+        plan = rebase(compile_request(b, req), bias)
+        where = find_trigger(b, f"/proc/{proc.pid}/exe", bias)
+        with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
+            held = attrs.evolve(snapper.step_arm, thread_words=(), pending_rings=())  # the interpreter reads too
+
+            def body(view):
+                snapper.run(view)
+                assert not view.resumed
+                running_now = running_goroutines(plan, view.memory, view.threads, req.limits)
+                fixups = snapper.resolve_fixups(view.memory, req.limits)
+                return running_now, fixups, run_snapshot(plan, view.memory, view.threads, req.limits)
+
+            (running_now, fixups, raw_interp), pause_ns = run_paused_in_helper(proc.pid, body, arm=held)
+            assert pause_ns > 0
+            raw_ebpf = snapper.raw_snapshot(snapper.records(), running_now, fixups)
+            assert decode_snapshot(raw_ebpf, plan, b, pid=proc.pid) == decode_snapshot(raw_interp, plan, b,
+                                                                                        pid=proc.pid)
+
+            def idle_body(view):
+                snapper.run(view)
+                words = snapper._arm_words
+                quiet = (not any(int.from_bytes(words[o:o + 8], "little") for o in snapper.step_arm.thread_words)
+                         and not any(sh.fixup_reader.pending() for sh in snapper.shards))
+                return view.resumed, quiet
+
+            (ended, quiet), _ns = run_paused_in_helper(proc.pid, idle_body, arm=snapper.step_arm)
+            assert ended == quiet
+            for shard in snapper.shards:
+                shard.ring.consume(), shard.fixup_reader.consume()
+
+
 def _affinities(pid: int) -> dict[int, set[int]]:
     return {int(t): os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
 

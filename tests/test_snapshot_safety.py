@@ -44,6 +44,22 @@ def _assert_free(pid: int) -> None:
         time.sleep(0.05)
 
 
+def _assert_healthy(proc) -> None:
+    """The target runs on as before: it printed nothing (a thread resumed with another context's registers,
+    or with the trap flag still set, dies at once with "fatal error" or "SIGTRAP: trace trap") and it exits
+    cleanly when its stdin closes."""
+    time.sleep(0.5)
+    fd = proc.proc.stderr.fileno()
+    os.set_blocking(fd, False)
+    try:
+        err = os.read(fd, 4096)
+    except BlockingIOError:
+        err = b""
+    assert err == b"" and proc.proc.poll() is None, err.decode(errors="replace")
+    proc.proc.stdin.close()
+    assert proc.proc.wait(timeout=30) == 0
+
+
 def _snapshot_cli(pid: int, *extra: str) -> subprocess.Popen:
     # A shell may start the suite with SIGINT ignored (background jobs); the child must see SIGINT as ^C.
     return subprocess.Popen([sys.executable, "-m", "goprobe.cli", "snapshot", str(pid), "-c", "main.idle:c", *extra],
@@ -77,6 +93,91 @@ def test_goprobe_killed_during_the_pause_leaves_the_target_running(newest_versio
         r = subprocess.run([sys.executable, "-m", "goprobe.cli", "snapshot", str(proc.pid)], capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+        _assert_healthy(proc)
+
+
+# goprobe kills itself (SIGKILL: no handler runs) right after it sent this request to the pause helper, or
+# right after this reply came: "pause" — while the threads are being stopped and stepped; "step" — a step
+# asked for inside the pause (the helper steps while goprobe dies); "after-stepped" — with the process still
+# paused for goprobe to read the goroutines on a thread.
+_KILL_CHILD = """
+import os, signal, sys
+import goprobe.process.remote_pause as R
+
+point = sys.argv[2]
+send, wait = R.RemotePausedView._send, R.RemotePausedView._wait
+
+def kill():
+    with open(sys.argv[3], "w") as fh:
+        fh.write(str(R._helper.proc.pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def patched_send(self, msg, fds=None):
+    send(self, msg, fds)
+    if msg[0] == point:
+        kill()
+
+def patched_wait(self, op):
+    reply = wait(self, op)
+    if point == "after-" + op:
+        kill()
+    return reply
+
+R.RemotePausedView._send, R.RemotePausedView._wait = patched_send, patched_wait
+if point == "step":  # the step is asked for inside the pause, not with it
+    run = R.run_paused_in_helper
+    R.run_paused_in_helper = lambda pid, body, step=None, **k: run(pid, body, **k)
+from goprobe.cli import main
+sys.exit(main(["snapshot", sys.argv[1], "-c", "main.idle:c"]))
+"""
+
+
+@pytest.mark.parametrize("point", ["pause", "step", "after-stepped"])
+def test_goprobe_killed_at_each_point_of_a_stepped_pause(newest_version, point, tmp_path):
+    """The eBPF snapshot steps target threads through the trigger with changed registers: the pause helper
+    holds that pause, so goprobe's death at any point of it leaves every thread with its own registers."""
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary, ["-n", "3000"]) as proc:
+        helper_file = tmp_path / "helper.pid"
+        r = subprocess.run([sys.executable, "-c", _KILL_CHILD, str(proc.pid), point, str(helper_file)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        _assert_free(proc.pid)
+        helper = int(helper_file.read_text())
+        deadline = time.monotonic() + 10
+        while _state_of(helper) not in (None, "Z"):  # the helper leaves once the pause is over
+            assert time.monotonic() < deadline, "the pause helper outlived goprobe"
+            time.sleep(0.05)
+        _assert_healthy(proc)
+
+
+def _state_of(pid: int) -> str | None:
+    try:
+        return _status(pid)["State"][0]
+    except FileNotFoundError:
+        return None
+
+
+def test_pause_helper_killed_during_the_pause(newest_version):
+    """If the helper itself dies while it holds a (not stepping) pause, goprobe says so; the kernel released
+    the threads; the next pause starts a new helper."""
+    from goprobe.errors import ProcessError
+    from goprobe.process import remote_pause
+
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary) as proc:
+        def body(view):
+            os.kill(remote_pause._helper.proc.pid, signal.SIGKILL)
+            return view.threads
+
+        with pytest.raises(ProcessError, match="pause helper"):
+            remote_pause.run_paused_in_helper(proc.pid, body)
+        _assert_free(proc.pid)
+        threads, pause_ns = remote_pause.run_paused_in_helper(proc.pid, lambda view: view.threads)
+        assert {t.tid for t in threads} == {int(t) for t in os.listdir(f"/proc/{proc.pid}/task")}
+        assert all(t.regs["rip"] for t in threads) and pause_ns > 0
+        _assert_free(proc.pid)
+        _assert_healthy(proc)
 
 
 def test_target_killed_during_the_snapshot_gives_a_clear_error(newest_version):

@@ -170,7 +170,10 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
     from goprobe.backends.ebpf.snapshot_session import EbpfSnapshotter, find_trigger
     from goprobe.backends.interpreter.snapshot import PlanIndex, running_goroutines
     from goprobe.process import run_paused
+    from goprobe.process.remote_pause import run_paused_in_helper, start_helper
 
+    if trigger_kind == "uprobe":
+        start_helper()  # it starts while the programs load
     hint = _allglen(pid, plan.goroutines.allglen)
     index = PlanIndex(plan)
     _warm_up(pid, plan)
@@ -184,7 +187,14 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
                                                                          req.limits, index)) or {}
                 return running, snapper.resolve_fixups(paused.memory, req.limits)
 
-            (running, fixups), pause_ns = run_paused(pid, while_paused)
+            if snapper.trigger is not None:
+                # A stepped thread must get its registers back even if goprobe is killed meanwhile: the pause
+                # is held by the helper process, which steps as soon as the threads are stopped.
+                snapper.arm_run()
+                (running, fixups), pause_ns = run_paused_in_helper(
+                    pid, while_paused, arm=snapper.step_arm, step=(snapper.trigger.address, snapper.workers))
+            else:
+                (running, fixups), pause_ns = run_paused(pid, while_paused)
             # The records wait in the ring buffer: taking them out need not keep the process stopped.
             raw = snapper.raw_snapshot(snapper.records(), running, fixups)
         return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=pause_ns, bias=bias), req)

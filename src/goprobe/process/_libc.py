@@ -22,6 +22,7 @@ ffi.cdef("""
     /* glibc declares ptrace variadic; declaring it so makes libffi set up the call the way va_arg expects. */
     long ptrace(int request, ...);
     int waitpid(int pid, int *status, int options);
+    int sched_getcpu(void);
     ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
                              const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
 """)
@@ -73,6 +74,11 @@ def waitpid(tid: int, options: int) -> tuple[int, int, int]:
     return r, status[0], (ffi.errno if r == -1 else 0)
 
 
+def current_cpu() -> int:
+    """The CPU the calling thread runs on (-1 if unknown)."""
+    return lib.sched_getcpu()
+
+
 def regs_from_user_regs(values) -> dict[str, int]:
     """The exposed registers, by name, from the 27 words of a user_regs_struct in declaration order."""
     by_name = dict(zip(USER_REGS_FIELDS, values))
@@ -96,5 +102,6 @@ def warm_up() -> None:
     copy[0] = regs[0]  # as the single step prepares a thread's registers
     copy.rip, copy.orig_rax, copy.eflags = regs.rip, regs.orig_rax, regs.eflags
     waitpid(nobody, WALL | WNOHANG)
+    current_cpu()
     regs_from_user_regs(ffi.unpack(ffi.cast("unsigned long *", regs), len(USER_REGS_FIELDS)))
     _warm = True

@@ -12,6 +12,9 @@ Design points, each for a failure that would otherwise leave the target stopped:
   as stopped; the signal is handed back on PTRACE_DETACH so the program still gets it.
 * SIGINT and SIGTERM are deferred while threads are being stopped or resumed, and re-delivered after the
   last PTRACE_DETACH (only when pausing from the main thread, where Python runs signal handlers).
+* A thread single-stepped with other registers (``step_many``) is the one state a tracer's death does not
+  undo: goprobe's snapshots hold such pauses in the helper process of :mod:`goprobe.process.remote_pause`,
+  which outlives goprobe long enough to put the registers back.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import errno
 import os
 import queue
 import signal
+import struct
 import threading
 import time
 import weakref
@@ -57,6 +61,46 @@ class ThreadState:
 
     tid: int
     regs: Mapping[str, int] = attrs.field(converter=_freeze)
+
+
+@attrs.frozen
+class StepArm:
+    """What :meth:`PausedProcess.step_many` writes before the chosen threads run: the id of the stepped thread
+    number ``worker % len(tids)`` as a little-endian u64 at each ``(byte offset, worker)`` of *slots*, in the
+    first *size* bytes of an mmap-able BPF array map (*fd*). Being data, not a callback, it can be handed to
+    the pause helper process (:mod:`goprobe.process.pause_helper`), which maps the map itself.
+
+    For a pause held by the helper: *thread_words* are byte offsets of u64 counts (in that map) of what the
+    step found on a thread; when one is not zero, the step's reply carries every thread's registers, which
+    goprobe will want. *pending_rings* are BPF ring buffers (fds) whose records goprobe reads while paused.
+    When every count is zero and every ring empty, the helper resumes the process right after the step,
+    with no round trip to goprobe: nothing needs it stopped any longer."""
+
+    fd: int
+    size: int
+    slots: tuple[tuple[int, int], ...]
+    thread_words: tuple[int, ...] = ()
+    pending_rings: tuple[int, ...] = ()
+    disarm: tuple[int, ...] = ()  # byte offsets of words set to zero when the step is over
+    words: object = attrs.field(default=None, eq=False, repr=False)  # this process's mapping of the map
+
+    def bound_to(self, words) -> StepArm:
+        return attrs.evolve(self, words=words)
+
+    def __call__(self, tids: list[int]) -> None:
+        if self.words is None:
+            raise ValueError("StepArm has no mapping of its map in this process (bound_to)")
+        for off, worker in self.slots:
+            _U64.pack_into(self.words, off, tids[worker % len(tids)])
+
+    def step_over(self) -> None:
+        """Clear the *disarm* words (the program must not run again once the threads run)."""
+        if self.words is not None:
+            for off in self.disarm:
+                _U64.pack_into(self.words, off, 0)
+
+
+_U64 = struct.Struct("<Q")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -449,12 +493,18 @@ class _Tracer:
                 self._step(tids[0], addr)
                 return tids
             # Woken together, the threads tend to be queued on one CPU and run one after the other: each gets
-            # a CPU of its own for the step (its own affinity mask is put back right after).
+            # a CPU of its own for the step (its own affinity mask is put back right after). The last one
+            # started gets the CPU this thread is on: one started earlier there could preempt this thread
+            # before it has started the others, which would then wait for its whole share.
+            here = _libc.current_cpu()
             for i, tid in enumerate(tids):
                 try:
-                    allowed = os.sched_getaffinity(tid)
-                    os.sched_setaffinity(tid, {sorted(allowed)[i % len(allowed)]})
-                    pinned[tid] = allowed
+                    allowed = sorted(os.sched_getaffinity(tid))
+                    if here in allowed:
+                        allowed.remove(here)
+                        allowed.append(here)
+                    os.sched_setaffinity(tid, {allowed[(i - len(tids)) % len(allowed)]})
+                    pinned[tid] = set(allowed)
                 except OSError:
                     continue  # it runs where the scheduler puts it
             for tid in tids:
@@ -466,6 +516,8 @@ class _Tracer:
                 self._step(tid, addr, status)
             return tids
         finally:
+            if isinstance(before, StepArm):
+                before.step_over()
             for tid in running:  # an error left it stepping: its registers can only be put back once it stops
                 try:
                     self._wait_one(tid)
@@ -607,7 +659,9 @@ class PausedProcess:
         """Run the one instruction at *addr* on a stopped thread (its registers are put back after), so that a
         uprobe there runs its BPF program in the target's context; the process stays paused. Returns the
         thread id. Raises :class:`ProcessError` (or
-        :class:`ProcessExitedError`) if that cannot be done."""
+        :class:`ProcessExitedError`) if that cannot be done. Should this process die during the step, the
+        thread would run on with the changed registers: :func:`goprobe.process.remote_pause.run_paused_in_helper`
+        holds such a pause in a helper process instead."""
         return self.step_many(addr)[0]
 
     def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:

@@ -29,6 +29,7 @@ from goprobe.backends.ebpf.llvm_target import CodegenError, compile_to_object
 from goprobe.backends.ebpf.ringbuf import RingBuffer
 from goprobe.backends.interpreter.snapshot import RawCapture, RawFrame, RawGoroutine, RawSnapshot
 from goprobe.ir.snapshot import SnapshotPlan
+from goprobe.process.ptrace import StepArm
 
 _U32 = struct.Struct("<I")
 
@@ -129,6 +130,7 @@ class EbpfSnapshotter:
         self.trigger = trigger
         self.workers = 1 if trigger is None else max(1, workers or min(WORKERS, os.cpu_count() or 1))
         self._runs = 0
+        self._armed = False
         self._closables: list = []
         try:
             # Armed and read back inside the pause: mapped into this process, so that costs no system call.
@@ -169,6 +171,15 @@ class EbpfSnapshotter:
                 raise EbpfError("the snapshot programs of the workers were split differently; retry with "
                                 "backend='interp'")
             self.parts: list[list[_Shard]] = [list(p) for p in zip(*per_worker)]
+            # Before the step: each program's share goes to one of the stepped threads. After it, nothing keeps
+            # the process stopped unless a goroutine was on a thread or a value was left to the interpreter.
+            slots = [min(shard.index, S.ARM_SLOTS - 2) for shard in self.shards]
+            self.step_arm = StepArm(
+                self.arm.fd, len(self._arm_words),
+                tuple((8 * (S.ARM_TIDS + slot), shard.worker) for slot, shard in zip(slots, self.shards)),
+                thread_words=tuple(8 * (S.ARM_SLOTS + slot) for slot in slots),
+                pending_rings=tuple(shard.fixup_ring.fd for shard in self.shards), disarm=(0,),
+                words=self._arm_words)
             self.generated = self.shards[0].generated
             self.program = self.shards[0].program
         except BaseException:
@@ -193,6 +204,15 @@ class EbpfSnapshotter:
         self._closables.append(thing)
         return thing
 
+    def arm_run(self) -> None:
+        """Arm the programs for the next :meth:`run` now: needed before the pause when the step is made as soon
+        as the threads are stopped (``run_paused_in_helper(step=...)``); otherwise run() does it."""
+        self._runs += 1
+        words = self._arm_words
+        words[:] = bytes(len(words))
+        struct.pack_into("<Q", words, 0, self._runs)
+        self._armed = True
+
     def run(self, paused=None, on_threads=None):
         """Walk every goroutine now (the process must be paused: *paused* is its PausedProcess, needed by the
         uprobe trigger); the records wait in the ring buffers. *on_threads* is called, still paused, when some
@@ -204,19 +224,13 @@ class EbpfSnapshotter:
             return on_threads() if on_threads is not None else None
         if paused is None:
             raise ValueError("the uprobe trigger needs the PausedProcess")
-        self._runs += 1
+        if not self._armed:
+            self.arm_run()
         words = self._arm_words
-        words[:] = bytes(len(words))
-        struct.pack_into("<Q", words, 0, self._runs)
-
-        def assign(tids: list[int]) -> None:  # each program's share to one of the stepped threads
-            for shard in self.shards:
-                struct.pack_into("<Q", words, 8 * (S.ARM_TIDS + min(shard.index, S.ARM_SLOTS - 2)),
-                                 tids[shard.worker % len(tids)])
-
         try:
-            paused.step_many(self.trigger.address, self.workers, assign)  # every program is there
+            paused.step_many(self.trigger.address, self.workers, self.step_arm)  # every program is there
         finally:
+            self._armed = False
             struct.pack_into("<Q", words, 0, 0)
         on_thread = 0
         for shard in self.shards:
