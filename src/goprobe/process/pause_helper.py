@@ -118,7 +118,7 @@ class _Server:
                     os.close(fd)
 
     def pause(self, n: int, pid: int, timeout: float, arm, step, *, fds: list[int]) -> None:
-        from goprobe.process.ptrace import _Tracer
+        from goprobe.process.ptrace import _Timeout, _Tracer
 
         maps: list[mmap.mmap] = []
         rings: list[mmap.mmap] = []
@@ -141,12 +141,9 @@ class _Server:
             tracer = _Tracer(pid, timeout, lambda view: self.while_paused(n, view, arm, rings, step))
             tracer._run()  # on this thread: every ptrace request comes from it
             err = tracer.error
-            if err is not None and type(err).__name__ == "_Timeout":
-                tids = ", ".join(map(str, err.args[0]))
-                err = ("ProcessError",
-                       f"pid {pid}: thread(s) {tids} did not stop within {timeout} s (stuck in uninterruptible "
-                       "kernel work such as disk or NFS I/O?); every thread was released; retry")
-            elif err is not None:
+            if isinstance(err, _Timeout):
+                err = err.as_error(pid, timeout)
+            if err is not None:
                 err = _error_tuple(err)
             if self.early is not None and err is None:
                 self.send(("stepped", n, *self.early, None, True))

@@ -261,7 +261,13 @@ class _SignalGuard:
 
 
 class _Timeout(Exception):
-    pass
+    """Threads (``args[0]``) that did not stop in time."""
+
+    def as_error(self, pid: int, timeout: float) -> ProcessError:
+        tids = ", ".join(map(str, self.args[0]))
+        return ProcessError(
+            f"pid {pid}: thread(s) {tids} did not stop within {timeout} s (stuck in uninterruptible "
+            "kernel work such as disk or NFS I/O?); every thread was released; retry or raise timeout")
 
 
 _TRAP_FLAG = 0x100  # EFLAGS.TF
@@ -744,10 +750,7 @@ def run_paused(pid: int, body, *, timeout: float = 2.0):
     err = tracer.error
     if err is not None:
         if isinstance(err, _Timeout):
-            tids = ", ".join(map(str, err.args[0]))
-            raise ProcessError(
-                f"pid {pid}: thread(s) {tids} did not stop within {timeout} s (stuck in uninterruptible "
-                "kernel work such as disk or NFS I/O?); every thread was released; retry or raise timeout")
+            raise err.as_error(pid, timeout)
         raise err
     if tracer.died:
         raise ProcessExitedError(f"pid {pid} exited while paused (killed?); nothing was left traced")
@@ -776,10 +779,7 @@ def pause(pid: int, *, timeout: float = 2.0) -> PausedProcess:
             tracer.thread.join()
             err = tracer.error
             if isinstance(err, _Timeout):
-                tids = ", ".join(map(str, err.args[0]))
-                raise ProcessError(
-                    f"pid {pid}: thread(s) {tids} did not stop within {timeout} s (stuck in uninterruptible "
-                    "kernel work such as disk or NFS I/O?); every thread was released; retry or raise timeout")
+                raise err.as_error(pid, timeout)
             if isinstance(err, GoprobeError):
                 raise err
             raise ProcessError(f"pausing pid {pid} failed: {err!r}") from err
