@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_snapshot.py
 	$(PY) benchmarks/bench_events.py
 	$(PY) benchmarks/bench_decoder.py
+	$(PY) benchmarks/bench_real.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

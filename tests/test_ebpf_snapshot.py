@@ -40,23 +40,28 @@ def _both_in_one_pause(binary, args=(), request_of=lambda b, truth: {}, trigger=
     """(eBPF document, interpreter document) of one pause of the fixture. *trigger*: the program runs inside
     the target (a stepped thread hits its uprobe) or from a task iterator."""
     with GoBinary(binary, use_cache=False) as b, running(binary, args) as proc:
-        req = _as_request(request_of(b, proc.truth), None, None)
-        bias = load_bias(b, proc.pid)
-        plan = rebase(compile_request(b, req), bias)
-        where = find_trigger(b, f"/proc/{proc.pid}/exe", bias) if trigger == "uprobe" else None
-        assert (where is not None) == (trigger == "uprobe")
-        with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
-            with pause(proc.pid) as paused:
-                gated = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
-                                                                       req.limits))
-                running_now = running_goroutines(plan, paused.memory, paused.threads, req.limits)
-                # The program counts goroutines on a thread; goprobe looks for them only when it found some.
-                assert gated is not None or not running_now or where is None
-                fixups = snapper.resolve_fixups(paused.memory, req.limits)
-                raw_interp = run_snapshot(plan, paused.memory, paused.threads, req.limits)
-            raw_ebpf = snapper.raw_snapshot(snapper.records(), running_now, fixups)
-        ebpf = decode_snapshot(raw_ebpf, plan, b, pid=proc.pid)
-        interp = decode_snapshot(raw_interp, plan, b, pid=proc.pid)
+        return documents_of_one_pause(b, proc.pid, request_of(b, proc.truth), trigger)
+
+
+def documents_of_one_pause(b: GoBinary, pid: int, request, trigger="uprobe"):
+    """(eBPF document, interpreter document) of *request* in one pause of process *pid* (binary *b*)."""
+    req = _as_request(request, None, None)
+    bias = load_bias(b, pid)
+    plan = rebase(compile_request(b, req), bias)
+    where = find_trigger(b, f"/proc/{pid}/exe", bias) if trigger == "uprobe" else None
+    assert (where is not None) == (trigger == "uprobe")
+    with EbpfSnapshotter(plan, pid, req.limits, trigger=where) as snapper:
+        with pause(pid) as paused:
+            gated = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
+                                                                   req.limits))
+            running_now = running_goroutines(plan, paused.memory, paused.threads, req.limits)
+            # The program counts goroutines on a thread; goprobe looks for them only when it found some.
+            assert gated is not None or not running_now or where is None
+            fixups = snapper.resolve_fixups(paused.memory, req.limits)
+            raw_interp = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+        raw_ebpf = snapper.raw_snapshot(snapper.records(), running_now, fixups)
+    ebpf = decode_snapshot(raw_ebpf, plan, b, pid=pid)
+    interp = decode_snapshot(raw_interp, plan, b, pid=pid)
     return ebpf, interp
 
 
@@ -79,7 +84,7 @@ def test_snapshot_programs_stay_cheap_to_verify(newest_version, build_mode, trig
         plan = rebase(compile_request(b, req), bias)
         where = find_trigger(b, f"/proc/{proc.pid}/exe", bias) if trigger == "uprobe" else None
         with EbpfSnapshotter(plan, proc.pid, req.limits, trigger=where) as snapper:
-            assert len(snapper.parts) == len(_groups(plan))
+            assert len(snapper.parts) == len(_groups(plan, snapper.shard_captures))
             assert len(snapper.shards) == len(snapper.parts) * snapper.workers
             processed = [shard.program.stats.processed_insns for shard in snapper.shards]
     assert all(n > 0 for n in processed)

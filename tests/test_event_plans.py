@@ -23,9 +23,9 @@ def test_entry_return_and_line_sites(go_version, build_mode):
         assert isinstance(site.condition, EV.Compare) and site.condition.op == ">"
         ret = EV.compile_event(b, EventRequest.build("main.(*Counter).Add", [], at_return=True))
         assert [s.pc for s in ret.sites] == list(code.returns)
-        line = EV.compile_event(b, EventRequest.build("main.go:22", []))
-        assert {s.pc for s in line.sites} == set(b.pcs_for_line("main.go", 22))
-        assert all(b.source_at(s.pc).line == 22 for s in line.sites)
+        line = EV.compile_event(b, EventRequest.build("main.go:26", []))  # total += x
+        assert line.sites and {s.pc for s in line.sites} == set(b.pcs_for_line("main.go", 26))
+        assert all(b.source_at(s.pc).line == 26 for s in line.sites)
 
 
 def test_callers_and_logic(newest_version):
@@ -61,3 +61,19 @@ def test_bad_probes_are_refused(newest_version):
             EV.compile_event(b, EventRequest.build("main.(*Counter).Add", ["nosuch"]))
         with pytest.raises(UnknownFunctionError):
             EV.compile_event(b, EventRequest.build("nosuch.go:3", []))
+
+
+def test_a_line_without_code_or_a_misspelt_file_is_refused_with_the_fix(newest_version):
+    """A probe on a comment line would wait forever for hits: refused, naming the nearest lines with code;
+    a misspelt file name suggests the right one."""
+    from goprobe.errors import RequestError
+
+    with GoBinary(build_fixture("calls", newest_version, "opt")) as b:
+        code = b.lines_with_code("main.go")
+        assert 38 not in code and code, code  # line 38 of the calls fixture is a comment
+        with pytest.raises(RequestError, match=r"no code at main.go:38.*nearest lines with code: main.go:\d+"):
+            EV.compile_event(b, EventRequest.build("main.go:38", []))
+        after = min(n for n in code if n > 38)
+        assert EV.compile_event(b, EventRequest.build(f"main.go:{after}", [])).sites
+        with pytest.raises(UnknownFunctionError, match="did you mean 'main.go:31'"):
+            EV.compile_event(b, EventRequest.build("mian.go:31", []))

@@ -281,3 +281,56 @@ def test_event_errors_are_typed_and_leave_nothing_behind(newest_calls):
         stream_events([fx.pid], "main.handle", ["n"], when='name < "b"')
     assert fx.command("call 1") == "done 1"
     _assert_no_probe_left(fx)
+
+
+def test_cli_events_from_a_request_file(newest_calls, tmp_path):
+    """`goprobe events --spec FILE` takes an events request file; options given beside it override it; a
+    snapshot request file is refused with the command to use."""
+    fx = newest_calls
+    spec = tmp_path / "ev.toml"
+    spec.write_text('kind = "events"\nexpressions = ["req.ID"]\nwhen = "req.ID >= 3"\nmax_events = 50\n'
+                    '[probe]\nfunction = "main.handle"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "goprobe.cli", "events", str(fx.pid), "--spec", str(spec),
+                             "--max", "2", "-c", "name", "--duration", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = _read_until(proc, b"Ctrl-C stops", timeout=60)
+    assert fx.command("call 10") == "done 10"
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (started + err).decode()
+    lines = [json.loads(x) for x in out.decode().splitlines()]
+    assert [(e["values"]["req.ID"], e["values"]["name"]) for e in lines] == [(3, "name3"), (4, "name4")]
+    snap = tmp_path / "snap.toml"
+    snap.write_text('kind = "snapshot"\n[[capture]]\nfunction = "main.handle"\nexpressions = ["n"]\n')
+    bad = subprocess.run([sys.executable, "-m", "goprobe.cli", "events", str(fx.pid), "--spec", str(snap)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "goprobe snapshot" in bad.stderr and "Traceback" not in bad.stderr
+    _assert_no_probe_left(fx)
+
+
+def test_cli_mistakes_get_one_line_and_a_target_that_exits_ends_the_stream(newest_calls):
+    """Bad CLI input gets one line naming the cause and a fix (no traceback); a stream whose target exits
+    ends at once, says so, and exits with status 3."""
+    fx = newest_calls
+
+    def cli(*args, timeout=60):
+        return subprocess.run([sys.executable, "-m", "goprobe.cli", *args], capture_output=True, text=True,
+                              timeout=timeout)
+
+    for args, status, needle in [
+        (["events", str(fx.pid), "--probe", ""], 1, "--probe needs a function"),
+        (["events", str(fx.pid), "--probe", "main.handle", "--ring", "4096"], 2, "at most 1024 MiB"),
+        (["events", str(fx.pid), "--probe", "main.handle(req.ID"], 1, "a ( is not closed"),
+        (["inspect", "/dev/null"], 1, "not a regular file"),
+    ]:
+        r = cli(*args)
+        assert r.returncode == status and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    proc = subprocess.Popen([sys.executable, "-m", "goprobe.cli", "events", str(fx.pid), "--probe",
+                             "main.handle(req.ID)", "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = _read_until(proc, b"Ctrl-C stops", timeout=60)
+    assert fx.command("call 2") == "done 2"
+    fx.fx.proc.kill()  # the target goes away (a crash, a deploy)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10  # not the 60 s asked for
+    assert proc.returncode == 3, (started + err).decode()
+    assert b"ended early: the target process" in err and len(out.splitlines()) == 2

@@ -74,7 +74,8 @@ def plan():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_memory_terminates_within_budget(plan, seed):
     mem = RandomMemory(seed, 0x10000)
-    limits = Limits(total_output_bytes=1 << 20)
+    # A random allglen asks for up to millions of slots: the pause budget bounds how long they are looked at.
+    limits = Limits(total_output_bytes=1 << 20, pause_ms=100)
     threads = [ThreadState(tid=1, regs={"rip": 0x10000, "rsp": 0x10000, "rbp": 0x10100, "fs_base": 0x10010})]
     start = time.monotonic()
     raw = run_snapshot(plan, mem, threads, limits)

@@ -320,11 +320,17 @@ def test_warm_up_touches_no_process(monkeypatch):
 def test_target_killed_during_a_single_step(newest_version, monkeypatch, main_thread):
     """The process dies while goprobe waits for the stepped thread: a clear error, not a hang (the kernel
     reports the main thread's death only after goprobe has reaped every other thread it traces)."""
+    import goprobe
+    from goprobe.backends.ebpf.snapshot_session import find_trigger
+
     binary = build_fixture("goroutines", newest_version, "opt")
     real_waitpid = _libc.waitpid
     with running(binary) as proc:
+        with goprobe.open_binary(binary) as b:
+            ret = find_trigger(b, str(binary), 0).address  # a step goes through a `ret` (see step_many)
+
         def kill_first(tid, options):
-            if not options & _libc.WNOHANG and _state_or_none(proc.pid) not in ("Z", None):
+            if _state_or_none(proc.pid) not in ("Z", None):
                 os.kill(proc.pid, signal.SIGKILL)
                 time.sleep(0.2)  # every thread is dead by now
             return real_waitpid(tid, options)
@@ -337,7 +343,7 @@ def test_target_killed_during_a_single_step(newest_version, monkeypatch, main_th
                     if main_thread:  # every other thread has a signal to hand back: the main thread is stepped
                         p._tracer.signals.update({t: signal.SIGURG for t in p._tracer.signals if t != proc.pid})
                     monkeypatch.setattr(_libc, "waitpid", kill_first)
-                    p.step_through(p.threads[0].regs["rip"])
+                    p.step_through(ret)
             except BaseException as exc:  # noqa: BLE001 - examined below
                 outcome.append(exc)
 

@@ -178,3 +178,146 @@ def test_the_collector_is_off_only_while_a_snapshot_is_built():
             assert gc.isenabled() == state
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_one_process_does_not_sink_a_bundle(newest_version):
+    """A bundle of a good process, one whose binary has no DWARF and a pid that is gone: the good one is
+    taken, each other one says why, the document and the exit status say "partial"."""
+    binary = build_fixture("goroutines", newest_version, "opt")
+    stripped = build_fixture("goroutines", newest_version, "opt", extra_flags=("-ldflags=-w",))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with running(binary) as good, running(stripped) as bare:
+        pids = [good.pid, bare.pid, dead.pid]
+        r = run_cli("snapshot", *map(str, pids), "-c", "main.recurse:depth", "--json")
+        text = run_cli("snapshot", *map(str, pids))
+        api = take_snapshot(pids, {})
+        with pytest.raises(ProcessError, match="does not exist"):  # nothing taken: the error itself
+            take_snapshot([dead.pid], {})
+    assert r.returncode == 3, r.stderr
+    assert "partial result: 2 of 3" in r.stderr and "Traceback" not in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["partial"] is True
+    ok, no_dwarf, gone = doc["processes"]
+    assert [p["pid"] for p in doc["processes"]] == pids
+    assert ok["status"] == "ok" and any(
+        "variables" in f for g in ok["goroutines"] for f in g["frames"])
+    assert no_dwarf["status"] == "error" and no_dwarf["error"]["kind"] == "BINARY_STRIPPED"
+    assert gone["status"] == "error" and gone["error"]["kind"] == "PROCESS_GONE"
+    assert text.returncode == 3 and "not taken: BINARY_STRIPPED" in text.stdout
+    assert api["partial"] and [p["status"] for p in api["processes"]] == ["ok", "error", "error"]
+
+
+def test_a_variable_the_optimiser_dropped_is_unavailable_not_an_error(newest_version):
+    """A name the function's source has but the optimised build's debug info does not list: unavailable with
+    that reason and a warning; the rest of the request is captured. A name nowhere in the function is still
+    an error with suggestions."""
+    binary = build_fixture("kinds", newest_version, "opt")
+    with GoBinary(binary) as b, running(binary) as proc:
+        dropped = [(v["func"], v["name"]) for v in proc.truth["variables"] if v["name"] not in {
+            x.name for fn in b.functions(v["func"]) for x in fn.variables} | {
+            x.name for _c, call in b.inlined_copies(v["func"].replace("[...]", "")) for x in call.variables}]
+        assert dropped, "this build keeps every variable the fixture reports: pick another fixture variable"
+        func, name = dropped[0]
+        kept = next(v["name"] for v in proc.truth["variables"] if v["func"] == func and (func, v["name"]) not in dropped)
+        result = take_snapshot([proc.pid], {func: [name, kept]}, binary=b)
+        with pytest.raises(ExpressionError, match="did you mean|variables here"):
+            take_snapshot([proc.pid], {func: [name + "Typo"]}, binary=b)
+        r = run_cli("snapshot", str(proc.pid), "-c", f"{func}:{name},{kept}")
+    (p,) = result["processes"]
+    frames = [f for g in p["goroutines"] for f in g["frames"] if "variables" in f]
+    assert frames
+    for f in frames:
+        assert f["variables"][name] == {"@unavailable": "not in the debug info of this build (the optimiser dropped it)"}
+        assert kept in f["variables"]
+    assert any(name in w for w in p["warnings"])
+    assert r.returncode == 0 and "warning" in r.stderr and name in r.stderr, r.stderr
+
+
+def test_unwritable_outputs_are_refused_before_any_pause(newest_version, tmp_path):
+    """-o into a missing directory: refused before the target is paused (no pause, no lost snapshot);
+    -o /dev/full: a one-line error after the target was resumed. No traceback either way."""
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary) as proc:
+        missing = run_cli("snapshot", str(proc.pid), "-o", str(tmp_path / "nope" / "x.json"))
+        full = run_cli("snapshot", str(proc.pid), "--json", "-o", "/dev/full")
+        status = open(f"/proc/{proc.pid}/status").read()
+    assert missing.returncode == 1 and "cannot write to" in missing.stderr and "choose another" in missing.stderr
+    assert full.returncode == 1 and "No space left on device" in full.stderr
+    for r in (missing, full):
+        assert "Traceback" not in r.stderr, r.stderr
+    assert "TracerPid:\t0" in status
+
+
+@pytest.mark.parametrize("backend", ["interp", "ebpf"])
+def test_the_goroutine_limit_counts_live_goroutines_and_says_what_it_cut(newest_version, backend):
+    """20,000 goroutines ran and exited before the program's goroutines started: their dead slots in allgs
+    do not count against limits.goroutines; live goroutines past the limit are counted as skipped."""
+    from goprobe.request import Limits
+
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary, ["-exited", "20000", "-n", "50"]) as proc:
+        everything = take_snapshot([proc.pid], {}, backend=backend)["processes"][0]
+        live = len(everything["goroutines"])
+        assert live >= 60 and "truncated" not in everything
+        roomy = take_snapshot([proc.pid], {}, backend=backend, limits=Limits(goroutines=live + 5))["processes"][0]
+        cut = take_snapshot([proc.pid], {}, backend=backend, limits=Limits(goroutines=40))["processes"][0]
+        text = run_cli("snapshot", str(proc.pid), "--backend", backend)
+    assert {g["goid"] for g in roomy["goroutines"]} == {g["goid"] for g in everything["goroutines"]}
+    assert set(proc.truth["goroutines"].values()) <= {g["goid"] for g in roomy["goroutines"]}
+    assert "truncated" not in roomy
+    assert len(cut["goroutines"]) == 40
+    # The runtime starts and ends goroutines of its own between snapshots: the live count moves a little.
+    assert abs(40 + cut["truncated"]["goroutines"] - live) <= 8, (cut["truncated"], live)
+    assert text.returncode == 0 and "not read" not in text.stdout
+
+
+@pytest.mark.parametrize("backend", ["interp", "ebpf"])
+def test_deep_stacks_are_cut_at_the_limit_with_a_marker(newest_version, backend):
+    """A goroutine 10,000 frames deep (over 256 KiB of stack), stacks only and with a capture: cut at
+    frames_per_goroutine with "@truncated"; with a higher limit, listed whole by the interpreter, and by the
+    eBPF program up to what its per-goroutine record holds, again with the marker. Never a lost frame
+    without a word, never a crash."""
+    from goprobe.request import Limits
+
+    binary = build_fixture("goroutines", newest_version, "opt")
+    with running(binary, ["-deep", "10000"]) as proc:
+        goid = proc.truth["goroutines"]["deep"]
+        for limits, request in [(None, {}), (None, {"main.deep": ["n"]}),
+                                (Limits(frames_per_goroutine=20000), {}),
+                                (Limits(frames_per_goroutine=20000), {"main.deep": ["n"]})]:
+            result = take_snapshot([proc.pid], request, backend=backend, limits=limits)["processes"][0]
+            (g,) = [g for g in result["goroutines"] if g["goid"] == goid]
+            names = [f["function"] for f in g["frames"]]
+            where = (backend, limits, request, len(names))
+            assert names[0] == "runtime.gopark" and names.count("main.deep") >= 500, where
+            if limits is None:
+                assert len(names) == 512 and g["@truncated"] == "frames", where
+            elif backend == "interp":
+                assert names.count("main.deep") == 10001 and "@truncated" not in g, where
+            else:
+                assert len(names) > 1000 and g["@truncated"] == "frames", where
+            if request:  # every main.deep frame listed has its capture (a value or why it is unavailable)
+                assert all("n" in f["variables"] for f in g["frames"] if f["function"] == "main.deep"), where
+
+
+@pytest.mark.skipif(shutil.which("gcore") is None, reason="gdb's gcore is not installed on this machine")
+def test_a_core_with_the_wrong_binary_is_refused(newest_version):
+    """A core paired with another program, or with another build of the same program, is refused with the
+    cause; with its own binary it gives goroutines."""
+    from goprobe.errors import CoreFileError
+
+    binary = build_fixture("goroutines", newest_version, "opt")
+    other_build = build_fixture("goroutines", newest_version, "debug")
+    other_program = build_fixture("kinds", newest_version, "opt")
+    with running(binary) as proc, tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run(["gcore", "-o", f"{tmp}/core", str(proc.pid)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        core = f"{tmp}/core.{proc.pid}"
+        assert snapshot_core(core, str(binary), {})["processes"][0]["goroutines"]
+        for wrong in (other_build, other_program):
+            with pytest.raises(CoreFileError, match="not dumped from|holds no memory"):
+                snapshot_core(core, str(wrong), {})
+        cli = run_cli("snapshot", "--core", core, str(other_program))
+    assert cli.returncode == 1 and "give the executable the process ran" in cli.stderr
+    assert "Traceback" not in cli.stderr

@@ -216,3 +216,52 @@ def test_closures_show_their_captured_variables(kinds_snapshot, build_mode, go_v
             checked += 1
     if described:
         assert checked == 2
+
+
+def _runtime_dump_extras(text: str) -> dict[int, dict]:
+    """Per goroutine of a runtime.Stack(all) dump: "created by" (function, goid, line) and "locked to thread"."""
+    out: dict[int, dict] = {}
+    current = None
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        head = re.match(r"^goroutine (\d+) \[(.*)\]:$", ln)
+        if head:
+            current = out[int(head.group(1))] = {"locked": "locked to thread" in head.group(2)}
+            continue
+        made = re.match(r"^created by (\S+)(?: in goroutine (\d+))?$", ln)
+        if made and current is not None:
+            pos = re.match(r"^\t(.*):(\d+)", lines[i + 1])
+            current["created_by"] = (made.group(1), int(made.group(2) or 0), int(pos.group(2)))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["interp", "ebpf"])
+def test_created_by_waiting_time_and_locked_threads_equal_the_runtimes(go_version, backend):
+    """What Go's own dump prints besides the stack: "created by F in goroutine N" at file:line and "locked to
+    thread", for every goroutine parked for good; and how long waiting goroutines have waited (the runtime
+    records it at a collection, which the fixture runs once its goroutines block)."""
+    import time as _time
+
+    binary = build_fixture("goroutines", go_version, "opt")
+    with running(binary) as proc:
+        started = _time.monotonic()
+        snap = take_snapshot([proc.pid], {}, backend=backend)["processes"][0]
+        uptime_ns = (_time.monotonic() - started) * 1e9 + 120e9  # generous: since the fixture started
+    truth = proc.truth
+    runtime = _runtime_dump_extras(truth["stacks"])
+    by_goid = {g["goid"]: g for g in snap["goroutines"]}
+    parked = {g for name, g in truth["goroutines"].items() if name not in ("main", "busy")}
+    compared = 0
+    for goid in parked:
+        ours, want = by_goid[goid], runtime[goid]
+        c = ours.get("created_by")
+        if "created_by" in want:
+            fn, parent, line = want["created_by"]
+            assert c is not None and _norm_fn(c["function"]) == _norm_fn(fn), (goid, c, want)
+            assert c.get("goid", 0) == parent and c["line"] == line, (goid, c, want)
+            compared += 1
+        assert ours.get("locked_to_thread", False) == want["locked"], (goid, ours.get("locked_to_thread"))
+    assert compared >= 10
+    assert by_goid[truth["goroutines"]["locked"]].get("locked_to_thread") is True
+    waits = [g["wait_ns"] for g in snap["goroutines"] if g["goid"] in parked and "wait_ns" in g]
+    assert waits and all(0 < w < uptime_ns for w in waits)

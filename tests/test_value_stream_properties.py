@@ -209,3 +209,14 @@ def test_output_budget_stops_the_value():
     assert len(enc.out) < 200
     got, _ = ValueDecoder(TABLE).decode(bytes(enc.out), 0, 3)
     assert got == {"@unavailable": "truncated output"}
+
+
+def test_an_address_past_the_top_of_memory_wraps_and_is_unreadable():
+    """A garbage header (a channel buffer plus an index, a pointer plus an offset) can put an address past
+    2**64: it wraps as the machine's arithmetic would and reads as unreadable; nothing raises."""
+    heap = Heap()
+    enc = ValueEncoder(TABLE, heap, Limits(), rt=None)
+    enc.begin_value()
+    enc.value_at(3, (1 << 64) + 0xDEAD0000)
+    got, _ = ValueDecoder(TABLE).decode(bytes(enc.out), 0, 3)
+    assert got == {"@unavailable": "memory at 0xdead0000 is not readable"}

@@ -16,6 +16,7 @@ from goprobe.errors import (
     NotGoBinaryError,
     RuntimeLayoutError,
     UnknownFunctionError,
+    UnknownSourceFileError,
     UnknownTypeError,
     UnknownVariableError,
     UnsupportedArchitectureError,
@@ -49,7 +50,7 @@ def open_binary(path: str, *, use_cache: bool = True) -> GoBinary:
 __all__ = [
     "BinaryError", "DwarfFormatError", "GlobalVariable", "GoBinary", "GoprobeError", "LookupFailure",
     "NoDebugInfoError", "NotELFError", "NotGoBinaryError", "RuntimeLayoutError", "SourceLocation",
-    "UnknownFunctionError", "UnknownTypeError", "UnknownVariableError", "UnsupportedArchitectureError",
+    "UnknownFunctionError", "UnknownSourceFileError", "UnknownTypeError", "UnknownVariableError", "UnsupportedArchitectureError",
     "UnsupportedGoVersionError", "open_binary", "take_snapshot", "snapshot_core", "SnapshotRequest",
     "EventRequest", "ProbePoint", "Limits", "load_request_file",
 ]

@@ -17,7 +17,11 @@ commands:
   inspect BINARY FUNCTION    a function's parameters and locals, their Go types and where each is available
   snapshot PID [PID...]      every goroutine's stack, with values captured in the frames you name
   events PID [PID...]        values captured each time a function runs or a line executes (eBPF)
+
+exit status: 0 done, 1 error (nothing taken), 2 bad usage, 3 partial (some processes of a snapshot not
+taken: each says why; events that ended early because the target exited), 130 interrupted.
 """
+EXIT_PARTIAL = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     where = ev.add_mutually_exclusive_group(required=True)
     where.add_argument("--probe", metavar="'FUNC(EXPR, ...)'", help="a function, with the expressions to capture")
     where.add_argument("--at", metavar="FILE:LINE", help="a source line (every statement PC, inlined copies too)")
+    where.add_argument("--spec", metavar="FILE", help="an events request file (.toml or .json: docs/requests.md); "
+                                                      "other options given too override its values")
     ev.add_argument("-c", "--capture", action="append", default=[], metavar="EXPR",
                     help="another expression to capture at the probe (repeatable)")
     ev.add_argument("--return", dest="at_return", action="store_true",
@@ -104,10 +110,16 @@ def _mib(text: str) -> int:
     return n << 20
 
 
+RING_MAX_MIB = 1024  # the kernel takes a ring buffer's size as a 32-bit count of bytes
+
+
 def _ring_mib(text: str) -> int:
     n = _mib(text)
     if n & (n - 1):
         raise argparse.ArgumentTypeError("the ring size must be a power of two (1, 2, 4, ... MiB)")
+    if n > RING_MAX_MIB << 20:
+        raise argparse.ArgumentTypeError(f"the ring size can be at most {RING_MAX_MIB} MiB (a kernel limit); "
+                                         "use --backlog to hold more in memory")
     return n
 
 
@@ -117,6 +129,12 @@ def parse_probe_spec(spec: str) -> tuple[str, list[str]]:
     from goprobe.request import split_expressions
 
     spec = spec.strip()
+    if not spec:
+        raise GoprobeError("--probe needs a function, e.g. --probe 'main.(*Server).handle(req.ID)'")
+    opened, closed = _count_outside_strings(spec, "("), _count_outside_strings(spec, ")")
+    if opened != closed:
+        raise GoprobeError(f"--probe {spec!r}: {'a ( is not closed' if opened > closed else 'a ) has no ('}; "
+                           "write FUNC(EXPR, ...), e.g. 'main.handle(req.ID, len(name))'")
     if not spec.endswith(")"):
         return spec, []
     depth = 0
@@ -137,23 +155,54 @@ def parse_probe_spec(spec: str) -> tuple[str, list[str]]:
     return spec[:i], [e for e in split_expressions(inner) if e.strip()] if inner.strip() else []
 
 
-def _events(args: argparse.Namespace) -> int:
-    from goprobe.events import install_stop_signals, stream_events
-    from goprobe.request import EventRequest, parse_capture_spec
+def _count_outside_strings(text: str, char: str) -> int:
+    """How many times *char* occurs in *text* outside Go string literals."""
+    n, quote, i = 0, None, 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"`":
+            quote = c
+        elif c == char:
+            n += 1
+        i += 1
+    return n
 
-    if args.probe:
-        point, exprs = parse_probe_spec(args.probe)
-    else:
-        point, exprs = args.at, []
-    exprs += args.capture
+
+def _events(args: argparse.Namespace) -> int:
+    import attrs
+
+    from goprobe.events import install_stop_signals, stream_events
+    from goprobe.request import EventRequest, load_request_file, parse_capture_spec
+
     callers: dict[str, list[str]] = {}
     for spec in args.caller:
         fn, caps = parse_capture_spec(spec)
         callers.setdefault(fn, []).extend(c.text for c in caps)
-    req = EventRequest.build(point, exprs, at_return=args.at_return, callers=callers, when=args.when,
-                             stack=args.stack, max_events=args.max, duration_s=args.duration,
-                             rate_limit_per_s=args.rate)
-    out = open(args.output, "w") if args.output else sys.stdout
+    if args.spec:
+        req = load_request_file(args.spec)
+        if not isinstance(req, EventRequest):
+            print(f"goprobe: error: {args.spec} is a snapshot request; use 'goprobe snapshot --spec'", file=sys.stderr)
+            return 2
+        req = attrs.evolve(
+            req, captures=req.captures + tuple(args.capture), callers={**req.callers, **callers},
+            condition=args.when if args.when is not None else req.condition, stack=args.stack or req.stack,
+            max_events=args.max or req.max_events, duration_s=args.duration or req.duration_s,
+            rate_limit_per_s=args.rate or req.rate_limit_per_s)
+    else:
+        if args.probe is not None:
+            point, exprs = parse_probe_spec(args.probe)
+        else:
+            point, exprs = args.at, []
+        exprs += args.capture
+        req = EventRequest.build(point, exprs, at_return=args.at_return, callers=callers, when=args.when,
+                                 stack=args.stack, max_events=args.max, duration_s=args.duration,
+                                 rate_limit_per_s=args.rate)
+    out = _open_output(args.output) if args.output else sys.stdout
     try:
         sizes = {k: v for k, v in (("ring_bytes", args.ring), ("backlog_bytes", args.backlog)) if v}
         # A SIGINT/SIGTERM while the probes are being attached is remembered, then ends the stream cleanly.
@@ -170,13 +219,17 @@ def _events(args: argparse.Namespace) -> int:
             for note in stream.budget_cuts:
                 print(f"goprobe: note: {note} (the kernel verifier's budget for one probe program; capture fewer "
                       "or smaller expressions at this probe to see more)", file=sys.stderr, flush=True)
-            for event in stream:
-                out.write(json.dumps(event, ensure_ascii=False) + "\n")
-                out.flush()
+            try:
+                for event in stream:
+                    out.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    out.flush()
+            except OSError as exc:
+                raise GoprobeError(f"cannot write events to {args.output or 'standard output'}: "
+                                   f"{exc.strerror or exc}; the probes were removed") from None
             s = stream.summary()
     finally:
         if out is not sys.stdout:
-            out.close()
+            _close_quietly(out)
     drops = ", ".join(f"{s[k]} {k.removeprefix('dropped_').replace('_', ' ')}" for k in
                       ("dropped_ring_full", "dropped_max_events", "dropped_rate_limit", "dropped_unread") if s[k])
     if s["backlog_stalls"]:
@@ -185,7 +238,26 @@ def _events(args: argparse.Namespace) -> int:
     print(f"goprobe: {s['events']} events in {s['seconds']} s ({s['events_per_s']}/s), {s['hits']} probe hits, "
           f"{s['filtered']} filtered by --when, {s['dropped']} dropped" + (f" ({drops})" if drops else ""),
           file=sys.stderr)
+    if s["targets_exited"]:
+        print(f"goprobe: the stream ended early: {'the target process' if len(args.pids) == 1 else 'every target'}"
+              f" ({', '.join(map(str, args.pids))}) exited", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
+
+
+def _close_quietly(fh) -> None:
+    try:
+        fh.close()
+    except OSError:
+        pass  # the write that failed already said why
+
+
+def _open_output(path: str):
+    """*path* opened for writing, or a GoprobeError naming the cause and the fix."""
+    try:
+        return open(path, "w")
+    except OSError as exc:
+        raise GoprobeError(f"cannot write to {path}: {exc.strerror or exc}; choose another -o path") from None
 
 
 def _snapshot(args: argparse.Namespace) -> int:
@@ -207,19 +279,43 @@ def _snapshot(args: argparse.Namespace) -> int:
     for spec in args.capture:
         fn, caps = parse_capture_spec(spec)
         functions.setdefault(fn, []).extend(c.text for c in caps)
+    # The output must be writable before any process is paused: a snapshot is not taken to be lost.
+    out = _open_output(args.output) if args.output else None
+    try:
+        return _take_and_write(args, S, functions, limits, gfilter, out)
+    finally:
+        if out is not None:
+            _close_quietly(out)
+
+
+def _take_and_write(args: argparse.Namespace, S, functions, limits, gfilter, out) -> int:
     if args.core:
         result = S.snapshot_core(args.core[0], args.core[1], functions, limits=limits, goroutine_filter=gfilter)
     else:
         result = S.take_snapshot(args.pids, functions, limits=limits, goroutine_filter=gfilter, backend=args.backend)
-        for proc in result["processes"]:
-            if proc.get("backend_note"):
-                print(f"goprobe: note: pid {proc['pid']}: {proc['backend_note']}", file=sys.stderr)
+    for proc in result["processes"]:
+        if proc.get("backend_note"):
+            print(f"goprobe: note: pid {proc['pid']}: {proc['backend_note']}", file=sys.stderr)
+        for w in proc.get("warnings", ()):
+            print(f"goprobe: warning: pid {proc['pid']}: {w}", file=sys.stderr)
+        for d in proc.get("degraded", ()):
+            print(f"goprobe: note: pid {proc['pid']}: values of type {d['type']} are unavailable: {d['reason']}",
+                  file=sys.stderr)
     text = json.dumps(result, indent=1, ensure_ascii=False) if args.json else S.render_text(result)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
+    try:
+        if out is not None:
+            out.write(text + "\n")
+            out.flush()
+        else:
+            print(text, flush=True)
+    except OSError as exc:
+        raise GoprobeError(f"cannot write the snapshot to {args.output or 'standard output'}: {exc.strerror or exc}"
+                           " (the target processes were resumed; nothing else was lost)") from None
+    if result.get("partial"):
+        failed = [p for p in result["processes"] if p.get("status") == "error"]
+        print(f"goprobe: partial result: {len(failed)} of {len(result['processes'])} processes not taken",
+              file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 

@@ -147,6 +147,8 @@ class ValueDecoder:
             return self._value(pos, shape.shape if real == UNKNOWN_TYPE else real)
         (n,), pos = self._unpack("<I", pos)
         raw, pos = self._take(pos, n)
+        if isinstance(shape, V.Opaque) and shape.reason:
+            return {"@type": entry.name, "@unavailable": shape.reason}, pos
         return {"@type": entry.name, "@bytes": raw.hex()}, pos
 
     def _items(self, pos: int, elem: V.TypeId) -> tuple[list[Any] | None, int]:

@@ -334,7 +334,7 @@ class _Gen:
         elif isinstance(shape, V.TypeParam):
             self.type_param(shape, out, k, ind, stack)
         else:  # Opaque, and whatever ValueDecoder would show the same way
-            self.opaque(entry.name, out, k, ind)
+            self.opaque(entry.name, getattr(shape, "reason", ""), out, k, ind)
 
     def scalar(self, shape: V.Scalar, out: str, k: int, ind: int) -> None:
         kind, size = shape.kind, shape.size
@@ -623,14 +623,17 @@ class _Gen:
         L(ind, "else:")
         L(ind + 1, f"{out}, pos = _D[{r}](data, pos)")
 
-    def opaque(self, name: str, out: str, k: int, ind: int) -> None:
+    def opaque(self, name: str, reason: str, out: str, k: int, ind: int) -> None:
         L = self.line
         n, e = self.var("n"), self.var("e")
         L(ind, f"{n} = {self.dec._reader('I')}(data, {self.at(k)})[0]")
         L(ind, f"{e} = pos + {k + 4} + {n}")
         L(ind, f"if {e} > len(data):")
         L(ind + 1, "raise _T")
-        L(ind, f'{out} = {{"@type": {name!r}, "@bytes": data[pos + {k + 4}:{e}].hex()}}')
+        if reason:
+            L(ind, f'{out} = {{"@type": {name!r}, "@unavailable": {reason!r}}}')
+        else:
+            L(ind, f'{out} = {{"@type": {name!r}, "@bytes": data[pos + {k + 4}:{e}].hex()}}')
         L(ind, f"pos = {e}")
 
 

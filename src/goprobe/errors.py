@@ -48,10 +48,12 @@ class RuntimeLayoutError(BinaryError):
 class LookupFailure(GoprobeError):
     """A name the user gave does not exist in the binary."""
 
-    def __init__(self, what: str, name: str, candidates: Iterable[str] = (), where: str = "") -> None:
+    def __init__(self, what: str, name: str, candidates: Iterable[str] = (), where: str = "",
+                 ranked: bool = False) -> None:
         self.what = what
         self.name = name
-        self.suggestions = suggest(name, candidates)
+        # ranked: *candidates* are already the suggestions, best first
+        self.suggestions = list(candidates)[:5] if ranked else suggest(name, candidates)
         msg = f"unknown {what} {name!r}{' in ' + where if where else ''}"
         if self.suggestions:
             msg += "; did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
@@ -59,8 +61,16 @@ class LookupFailure(GoprobeError):
 
 
 class UnknownFunctionError(LookupFailure):
+    def __init__(self, name: str, candidates: Iterable[str] = (), where: str = "", ranked: bool = False) -> None:
+        super().__init__("function", name, candidates, where, ranked)
+
+
+class UnknownSourceFileError(UnknownFunctionError):
+    """A ``file:line`` probe names a file the binary has no code from (kept an UnknownFunctionError: a
+    probe point names neither)."""
+
     def __init__(self, name: str, candidates: Iterable[str] = (), where: str = "") -> None:
-        super().__init__("function", name, candidates, where)
+        LookupFailure.__init__(self, "source file", name, candidates, where, ranked=True)
 
 
 class UnknownVariableError(LookupFailure):

@@ -120,6 +120,15 @@ class EventRecordDecoder:
         return out, pos
 
 
+def _alive(pid: int) -> bool:
+    """Whether *pid* still runs: a process that exited but was not reaped yet (a zombie) has not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
 class EventStream:
     """Events of one request on processes of one executable; iterate for event dicts, then ``summary()``.
 
@@ -189,6 +198,7 @@ class EventStream:
         self.unread = 0  # records taken from the ring and given up by a second stop()
         self._stops = 0
         self._ended = None
+        self.exited = False  # the stream ended because every target process exited
 
     def stop(self) -> None:
         """End the stream at the next poll (safe from a signal handler); called again while the captured
@@ -214,7 +224,8 @@ class EventStream:
                 chunk = drain.get(min(0.05, left) if left is not None else 0.05)
                 if chunk:
                     yield from self._decode(chunk)
-                if not any(os.path.exists(f"/proc/{p}") for p in self.pids):
+                if not any(_alive(p) for p in self.pids):
+                    self.exited = True
                     break
             ended = True
         finally:
@@ -275,7 +286,7 @@ class EventStream:
                 "seconds": round(elapsed, 3), "events_per_s": round(self.delivered / elapsed, 1) if elapsed else None,
                 "backlog_peak_bytes": d.peak_backlog if d else 0, "backlog_limit_bytes": self.backlog_bytes,
                 "backlog_stalls": d.stalls if d else 0, "drain": self.drain_kind,
-                "budget_cuts": list(self.budget_cuts)}
+                "budget_cuts": list(self.budget_cuts), "targets_exited": self.exited}
 
     def close(self) -> None:
         """Remove the probes and release everything (the iterator ends)."""

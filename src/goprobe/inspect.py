@@ -84,10 +84,10 @@ def _line_span(b: GoBinary, fn: Function) -> list[int]:
     prog = b.line_program(unit)
     lines = []
     if prog is not None:
-        for row in prog.rows:
-            if (not row.end_sequence and fn.contains(row.address) and prog.file_name(row.file) == fn.decl_file
-                    and not fn.inline_chain(row.address)):  # rows of inlined callees are not this function's
-                lines.append(row.line)
+        for lo, hi in fn.ranges:
+            for row in prog.rows_between(lo, hi):
+                if prog.file_name(row.file) == fn.decl_file and not fn.inline_chain(row.address):
+                    lines.append(row.line)  # rows of inlined callees are not this function's
     if fn.decl_line:
         lines.append(fn.decl_line)
     return [min(lines), max(lines)] if lines else []

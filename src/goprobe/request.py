@@ -182,7 +182,10 @@ class ProbePoint:
     @classmethod
     def parse(cls, spec: str, *, at_return: bool = False) -> ProbePoint:
         """Parse the CLI form: ``FUNC`` (entry, or return with *at_return*) or ``FILE:LINE``."""
-        spec = spec.strip()
+        spec = spec.strip() if isinstance(spec, str) else spec
+        if not spec or not isinstance(spec, str):
+            raise RequestError(f"no probe point in {spec!r}", key="probe",
+                               fix="name a function (main.(*Server).handle) or a FILE:LINE (server.go:212)")
         head, sep, tail = spec.rpartition(":")
         # Go symbol names never end in ":<digits>", so this cannot misread a function.
         if sep and tail.isascii() and tail.isdigit():

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import os
 import struct
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -16,7 +17,8 @@ from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, run_
 from goprobe.decoder import hexaddr
 from goprobe.decoder_codegen import compile_decoder
 from goprobe.dwarf.binary import GoBinary
-from goprobe.ir.snapshot import G_STATUS, SnapshotPlan, rebase
+from goprobe.ir.snapshot import G_STATUS, NOT_IN_DEBUG_INFO, SnapshotPlan, rebase
+from goprobe.ir.values import Opaque
 
 
 def wait_reasons(b: GoBinary) -> dict[int, str]:
@@ -58,6 +60,17 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
     def logical_frames(pc: int) -> tuple:
         return tuple(b.frames_at(pc - bias)) or ((func_name(pc) or "?", "?", 0),)
 
+    @lru_cache(maxsize=None)
+    def created_by(gopc: int, parent: int) -> dict[str, Any]:
+        # As Go's own dumps: the go statement's function and line (the PC is of the call after it).
+        fn, file, line = logical_frames(gopc - 1)[0]
+        out: dict[str, Any] = {"function": fn, "file": file, "line": line}
+        if parent:
+            out["goid"] = parent
+        return out
+
+    # The runtime's nanotime is CLOCK_MONOTONIC: a waiting goroutine's waitsince is on the same clock.
+    now = time.monotonic_ns() if pause_ns is not None else None
     goroutines = []
     for g in raw.goroutines:
         frames = []
@@ -85,6 +98,12 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
                  "wait_reason": reasons.get(g.wait_reason, "") if g.status == 4 else "", "frames": frames}
         if g.tid is not None:
             entry["thread"] = g.tid
+        if g.status == 4 and g.waitsince and now is not None and now > g.waitsince:
+            entry["wait_ns"] = now - g.waitsince
+        if g.locked:
+            entry["locked_to_thread"] = True
+        if g.gopc and g.goid != 1:  # as Go's dumps: the main goroutine was created by nobody in particular
+            entry["created_by"] = created_by(g.gopc, g.parent_goid)
         if g.truncated:
             entry["@truncated"] = "frames"
         goroutines.append(entry)
@@ -92,7 +111,23 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
                             "goroutines": goroutines}
     if raw.errors:
         proc["errors"] = list(raw.errors)
+    if raw.skipped:
+        proc["truncated"] = {"goroutines": raw.skipped}
+    degraded = degraded_types(plan.types)
+    if degraded:
+        proc["degraded"] = degraded
+    dropped = sorted({(fp.function, c.label) for fp in plan.frames for c in fp.captures
+                      if c.missing == NOT_IN_DEBUG_INFO})
+    if dropped:
+        proc["warnings"] = [f"{fn}: {label!r} is in the source but not in this build's debug info (the optimiser "
+                            "dropped it): reported unavailable" for fn, label in dropped]
     return proc
+
+
+def degraded_types(table) -> list[dict[str, str]]:
+    """The plan's types that goprobe could not lay out (values of them decode as unavailable), with why."""
+    return [{"type": e.name, "reason": e.shape.reason} for e in table.entries
+            if isinstance(e.shape, Opaque) and e.shape.reason]
 
 
 def _base(name: str) -> str:
@@ -109,58 +144,98 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     *request* is a :class:`~goprobe.request.SnapshotRequest` or a mapping ``{function: [expression, ...]}``.
     Each process is paused only while its memory is read (all threads seized, then resumed and detached on
     every path); decoding happens after it runs again. Returns ``{"processes": [...]}`` as documented in
-    ``docs/snapshot-json.md``.
+    ``docs/snapshot-json.md``. A process that cannot be snapshotted (gone, stripped, no permission, a request
+    its build cannot satisfy) is an entry with ``"status": "error"`` and the result says ``"partial": true``;
+    only when no process could be taken is that error raised.
 
     *backend*: ``"interp"`` (goprobe's interpreter reads the memory), ``"ebpf"`` (a generated BPF program walks
     the goroutines in the kernel while the process is paused), or ``"auto"`` (eBPF where this machine allows
     it, else the interpreter; the process entry's ``backend_note`` says why it fell back).
     """
-    from goprobe.process import pause
-
-    from goprobe.errors import GoprobeError, ProcessNotFoundError
+    from goprobe.errors import GoprobeError
 
     if backend not in BACKENDS:
         raise GoprobeError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     req = _as_request(request, limits, goroutine_filter)
-    out = []
+    out: list[dict[str, Any]] = []
+    failures: list[GoprobeError] = []
     for pid in pids:
-        if not os.path.exists(f"/proc/{pid}"):
-            raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
-        b = binary or GoBinary(f"/proc/{pid}/exe")
         try:
-            bias = load_bias(b, pid)
-            # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
-            plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
-            used, note = backend, None
-            if backend in ("ebpf", "auto"):
-                try:
-                    proc = _ebpf_snapshot(plan, b, pid, req, bias)
-                    proc["backend"] = "ebpf"
-                    out.append(proc)
-                    continue
-                except GoprobeError as exc:
-                    if backend == "ebpf":
-                        raise
-                    used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
-            _warm_up(pid, plan)
-            with _no_gc():  # in the pause a collection would lengthen it
-                if plan.frames:
-                    with pause(pid) as paused:
-                        raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
-                else:
-                    # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
-                    with pause(pid) as paused:
-                        copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
-                    raw = run_snapshot(plan, copy, paused.threads, req.limits)
-                proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
-            proc["backend"] = "interp" if used != "ebpf" else used
-            if note:
-                proc["backend_note"] = note
+            proc = _snapshot_one(pid, req, binary, backend)
+            proc["status"] = "ok"
             out.append(proc)
-        finally:
-            if binary is None:
-                b.close()
-    return {"processes": out}
+        except GoprobeError as exc:
+            # One process that cannot be snapshotted (gone, stripped, no permission, a request its build
+            # cannot satisfy...) is reported in the bundle; the others are still taken.
+            failures.append(exc)
+            out.append({"pid": pid, "status": "error", "error": {"kind": error_kind(exc), "message": str(exc)},
+                        "goroutines": []})
+    if failures and len(failures) == len(pids):
+        raise failures[0]  # nothing was taken: the one error says why (a single process behaves as before)
+    result: dict[str, Any] = {"processes": out}
+    if failures:
+        result["partial"] = True
+    return result
+
+
+def error_kind(exc: BaseException) -> str:
+    """A stable name for why a process is missing from a bundle (``docs/snapshot-json.md``)."""
+    from goprobe import errors as E
+
+    for cls, kind in ((E.ProcessNotFoundError, "PROCESS_GONE"), (E.ProcessExitedError, "PROCESS_GONE"),
+                      (E.ProcessPermissionError, "NO_PERMISSION"), (E.NoDebugInfoError, "BINARY_STRIPPED"),
+                      (E.NotGoBinaryError, "NOT_GO"), (E.NotELFError, "NOT_GO"),
+                      (E.UnsupportedArchitectureError, "UNSUPPORTED"), (E.UnsupportedGoVersionError, "UNSUPPORTED"),
+                      (E.RuntimeLayoutError, "UNSUPPORTED"), (E.LookupFailure, "BAD_REQUEST"),
+                      (E.ExpressionError, "BAD_REQUEST"), (E.ExpressionSyntaxError, "BAD_REQUEST"),
+                      (E.RequestError, "BAD_REQUEST")):
+        if isinstance(exc, cls):
+            return kind
+    if "did not stop" in str(exc) or "timed out" in str(exc):
+        return "TIMEOUT"
+    return "ERROR"
+
+
+def _snapshot_one(pid: int, req, binary: GoBinary | None, backend: str) -> dict[str, Any]:
+    """One process of a bundle: compile for its binary, pause it, read, resume, decode."""
+    from goprobe.errors import GoprobeError, ProcessNotFoundError
+    from goprobe.process import pause
+
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
+    b = binary or GoBinary(f"/proc/{pid}/exe")
+    try:
+        bias = load_bias(b, pid)
+        # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
+        plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
+        used, note = backend, None
+        if backend in ("ebpf", "auto"):
+            try:
+                proc = _ebpf_snapshot(plan, b, pid, req, bias)
+                proc["backend"] = "ebpf"
+                return proc
+            except GoprobeError as exc:
+                if backend == "ebpf":
+                    raise
+                used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
+        _warm_up(pid, plan)
+        with _no_gc():  # in the pause a collection would lengthen it
+            if plan.frames:
+                with pause(pid) as paused:
+                    raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+            else:
+                # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
+                with pause(pid) as paused:
+                    copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
+                raw = run_snapshot(plan, copy, paused.threads, req.limits)
+            proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
+        proc["backend"] = "interp" if used != "ebpf" else used
+        if note:
+            proc["backend_note"] = note
+        return proc
+    finally:
+        if binary is None:
+            b.close()
 
 
 def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
@@ -242,6 +317,7 @@ def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
     req = _as_request(request, limits, goroutine_filter)
     with CoreFile(core_path) as core, GoBinary(binary_path) as b:
         bias = core_load_bias(core, b, binary_path)
+        check_core_matches(core.memory, b, bias, core_path, binary_path)
         plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
         raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b, bias), core.threads, req.limits)
         proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None, bias=bias), req)
@@ -301,6 +377,33 @@ def _filtered(proc: dict[str, Any], req) -> dict[str, Any]:
     return proc
 
 
+def check_core_matches(memory, b: GoBinary, bias: int, core_path, binary_path) -> None:
+    """Refuse a core that was not dumped from *b*: the runtime's module data (where the code and type
+    sections are) in the core's memory must be what the binary itself says. A wrong pairing would otherwise
+    read garbage as goroutines, or nothing at all, and look like a real (empty) snapshot."""
+    from goprobe.errors import CoreFileError
+
+    L = b.runtime
+    md, layout = L.firstmoduledata, L["moduledata"]
+    for field in ("text", "etext", "types", "etypes"):
+        off = layout.offset(field)
+        try:
+            linked = int.from_bytes(b.elf.read_vaddr(md + off, 8), "little")
+        except ValueError:
+            continue
+        if linked == 0:
+            continue  # filled in by a load-time relocation (position-independent executables): not in the file
+        raw = memory.read(md + bias + off, 8)
+        if raw is None:
+            raise CoreFileError(f"{core_path} holds no memory at {binary_path}'s runtime.firstmoduledata: it was "
+                                "not dumped from this binary; give the executable the process ran")
+        got = int.from_bytes(raw, "little")
+        if got != linked + bias:
+            raise CoreFileError(f"{core_path} was not dumped from {binary_path}: runtime.firstmoduledata.{field} is "
+                                f"{got:#x} in the core but {linked + bias:#x} in the binary; give the executable the "
+                                "process ran")
+
+
 def core_load_bias(core, b: GoBinary, binary_path) -> int:
     """Where a position-independent executable was loaded in the dumped process, from the core's auxiliary
     vector (run-time entry point − link-time entry point); 0 for ordinary executables."""
@@ -346,11 +449,18 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int
 
     lines: list[str] = []
     for proc in result["processes"]:
+        if proc.get("status") == "error":
+            lines.append(f"pid {proc['pid']}  not taken: {proc['error']['kind']}: {proc['error']['message']}")
+            lines.append("")
+            continue
         pause = f"{proc['pause_ns'] / 1e6:.2f} ms pause" if proc.get("pause_ns") is not None else "core file"
         lines.append(f"pid {proc['pid']}  {proc['binary']}  {proc['go_version']}  "
                      f"{len(proc['goroutines'])} goroutines  ({pause})")
         for err in proc.get("errors", ()):
             lines.append(f"  warning: {err}")
+        if proc.get("truncated", {}).get("goroutines"):
+            lines.append(f"  warning: {proc['truncated']['goroutines']} more live goroutines not read: past the "
+                         "goroutine limit (limits.goroutines)")
         groups: dict[tuple, list[dict]] = {}
         for g in proc["goroutines"]:
             key = (g["status"], g.get("wait_reason", "")) + tuple(
@@ -360,6 +470,11 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int
         for gs in ordered[:max_groups]:
             g = gs[0]
             state = g["status"] + (f" ({g['wait_reason']})" if g.get("wait_reason") else "")
+            longest = max((x.get("wait_ns", 0) for x in gs), default=0)
+            if longest >= 60_000_000_000:  # as Go's dumps: waits of a minute or more
+                state += f", {longest // 60_000_000_000} minutes"
+            if any(x.get("locked_to_thread") for x in gs):
+                state += ", locked to thread"
             ids = ", ".join(str(x["goid"]) for x in gs[:8]) + (" …" if len(gs) > 8 else "")
             lines.append("")
             lines.append(f"  {len(gs)} goroutine{'s' if len(gs) > 1 else ''} [{state}]: {ids}")
@@ -374,6 +489,10 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int
                     lines.append(f"        g{x['goid']}: {text}" if len(gs) > 1 else f"        {text}")
                 if len(gs) > max_values:
                     lines.append(f"        … {len(gs) - max_values} more (use --json for all)")
+            c = g.get("created_by")
+            if c:
+                parent = f" in goroutine {c['goid']}" if "goid" in c else ""
+                lines.append(f"    created by {c['function']}{parent}  {'/'.join(c['file'].split('/')[-2:])}:{c['line']}")
         if len(ordered) > max_groups:
             lines.append(f"\n  … {len(ordered) - max_groups} more groups (use --json for everything)")
         lines.append("")

@@ -8,6 +8,7 @@ same binary skips the DWARF entirely for what was asked before.
 from __future__ import annotations
 
 import bisect
+import difflib
 import os
 import re
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from goprobe.errors import (
     NoDebugInfoError,
     NotGoBinaryError,
     UnknownFunctionError,
+    UnknownSourceFileError,
     UnknownTypeError,
     UnknownVariableError,
     UnsupportedGoVersionError,
@@ -295,15 +297,7 @@ class GoBinary:
         *file* may be a suffix of the path (``server.go`` or ``demo/server.go``).
         """
         out: set[int] = set()
-        matched_any = False
-        for unit in self.units.units():
-            prog = self.line_program(unit)
-            if prog is None:
-                continue
-            idxs = {i for i, f in enumerate(prog.files) if _path_matches(f, file)}
-            if not idxs:
-                continue
-            matched_any = True
+        for prog, idxs in self._programs_of(file, line):
             prev_line_file = None
             for row in prog.rows:
                 if row.end_sequence:
@@ -314,9 +308,39 @@ class GoBinary:
                     if key != prev_line_file:
                         out.add(row.address)
                 prev_line_file = key
-        if not matched_any:
-            raise UnknownFunctionError(f"{file}:{line}", self._all_files(), "the binary's source files")
         return sorted(out)
+
+    def lines_with_code(self, file: str) -> list[int]:
+        """The lines of *file* (a path suffix, as in :meth:`pcs_for_line`) where some statement begins."""
+        return sorted({row.line for prog, idxs in self._programs_of(file, 0) for row in prog.rows
+                       if not row.end_sequence and row.file in idxs and row.is_stmt})
+
+    def _programs_of(self, file: str, line: int) -> list[tuple[LineProgram, set[int]]]:
+        """(line program, indexes of its files whose path ends with *file*) of every unit that has such a file;
+        none raises :class:`UnknownSourceFileError` with suggestions (*line* is only for its message)."""
+        out = []
+        for unit in self.units.units():
+            prog = self.line_program(unit)
+            if prog is not None:
+                idxs = {i for i, f in enumerate(prog.files) if _path_matches(f, file)}
+                if idxs:
+                    out.append((prog, idxs))
+        if not out:
+            raise self._unknown_file(file, line)
+        return out
+
+    def _unknown_file(self, file: str, line: int) -> UnknownSourceFileError:
+        """No source file of the binary ends with *file*: suggest those whose names are close (``main.go`` for
+        ``mian.go``), each with its shortest distinguishing path."""
+        base = file.rsplit("/", 1)[-1]
+        by_base: dict[str, list[str]] = {}
+        for f in self._all_files():
+            by_base.setdefault(f.rsplit("/", 1)[-1], []).append(f)
+        close = difflib.get_close_matches(base, list(by_base), n=5, cutoff=0.6)
+        close = sorted(close, key=lambda c: sorted(c) != sorted(base))[:3]  # swapped letters first (mian.go)
+        at = f":{line}" if line else ""
+        names = [("/".join(f.split("/")[-2:]) if len(by_base[c]) > 1 else c) + at for c in close for f in by_base[c]]
+        return UnknownSourceFileError(f"{file}{at}", names[:5], "the binary's source files")
 
     def _all_files(self) -> list[str]:
         files: set[str] = set()

@@ -69,6 +69,10 @@ class ElfImage:
         except ValueError:  # empty file
             self._fh.close()
             raise NotELFError(f"{self.path}: empty file, not an ELF executable") from None
+        except OSError as exc:  # a device, a pipe...: nothing that can be mapped is an executable
+            self._fh.close()
+            raise NotELFError(f"{self.path}: not a regular file ({exc.strerror}); pass the program's "
+                              "executable") from None
         if self._map[:4] != b"\x7fELF":
             self.close()
             raise NotELFError(f"{self.path}: not an ELF file (Go binaries for Linux are ELF); pass the program's executable")

@@ -134,6 +134,18 @@ class LineProgram:
             out.append(entry)
         return out, pos
 
+    def rows_between(self, lo: int, hi: int) -> list[LineRow]:
+        """The rows (end-of-sequence rows excluded) whose address is in [lo, hi), in address order."""
+        addrs, order = self._by_address
+        rows = self.rows
+        return [rows[i] for i in order[bisect.bisect_left(addrs, lo):bisect.bisect_left(addrs, hi)]]
+
+    @cached_property
+    def _by_address(self) -> tuple[list[int], list[int]]:
+        rows = self.rows
+        order = sorted((i for i, r in enumerate(rows) if not r.end_sequence), key=lambda i: rows[i].address)
+        return [rows[i].address for i in order], order
+
     @cached_property
     def rows(self) -> list[LineRow]:
         try:

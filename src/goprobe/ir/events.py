@@ -16,7 +16,7 @@ import attrs
 
 from goprobe import expr as X
 from goprobe.dwarf.functions import Variable
-from goprobe.errors import ExpressionError
+from goprobe.errors import ExpressionError, RequestError
 from goprobe.ir.access import AccessCompiler
 from goprobe.dwarf.expressions import IMPLICIT, REGISTER, Piece
 from goprobe.dwarf.lists import LocationRange
@@ -260,7 +260,16 @@ def _sites(b: GoBinary, probe) -> list[tuple[int, str, bool, tuple[Variable, ...
             for pc in pcs:
                 out.append((pc, fn.name, False, fn.variables))
         return out
-    for pc in b.pcs_for_line(probe.file, probe.line):
+    pcs = b.pcs_for_line(probe.file, probe.line)
+    if not pcs:
+        # A line without code (a comment, a blank line, a declaration the compiler folded away) would wait
+        # forever for hits: refuse it, naming the nearest lines that have code.
+        lines = b.lines_with_code(probe.file)
+        near = [x for x in (max((n for n in lines if n < probe.line), default=None),
+                            min((n for n in lines if n > probe.line), default=None)) if x is not None]
+        raise RequestError(f"no code at {probe.file}:{probe.line} in this build" + (
+            f"; nearest lines with code: {', '.join(f'{probe.file}:{n}' for n in near)}" if near else ""))
+    for pc in pcs:
         fn = b.function_at(pc)
         if fn is None:
             continue

@@ -19,6 +19,7 @@ from goprobe.errors import ExpressionError
 from goprobe import expr as X
 from goprobe.ir.access import AccessCompiler, AccessPath
 from goprobe.ir.values import InterfaceLayout, TypeId, TypeTable, TypeTableBuilder
+from goprobe.source import names_in_source
 
 if TYPE_CHECKING:
     from goprobe.dwarf.binary import GoBinary
@@ -51,6 +52,12 @@ class GoroutineLayout:
     m_curg: int
     allgs: int
     allglen: int
+    # What Go's own goroutine dumps show besides the stack: who created it (the go statement's PC and the
+    # creator's goid), since when it waits (nanotime, set by the garbage collector), the thread it is locked to
+    gopc: int = 0
+    parent_goid: int = 0
+    waitsince: int = 0
+    lockedm: int = 0
 
     @classmethod
     def from_binary(cls, b: GoBinary) -> GoroutineLayout:
@@ -59,7 +66,13 @@ class GoroutineLayout:
         return cls(g.size, g.offset("goid"), g.offset("atomicstatus"), L.g_status_size, g.offset("sched.pc"),
                    g.offset("sched.sp"), g.offset("sched.bp"), g.offset("syscallsp"), g.offset("syscallpc"),
                    g.offset("stack.lo"), g.offset("stack.hi"), g.offset("m"), g.offset("waitreason"),
-                   m.offset("procid"), m.offset("curg"), L.allgs, L.allglen)
+                   m.offset("procid"), m.offset("curg"), L.allgs, L.allglen, g.offset("gopc"),
+                   g.offset("parentGoid"), g.offset("waitsince"), g.offset("lockedm"))
+
+    def extras(self, g: bytes) -> tuple[int, int, int, bool]:
+        """(creating PC, creator's goid, wait-since nanotime, locked to a thread) from a copy of a g."""
+        u64 = lambda off: int.from_bytes(g[off:off + 8], "little")  # noqa: E731
+        return u64(self.gopc), u64(self.parent_goid), u64(self.waitsince), u64(self.lockedm) != 0
 
 
 @attrs.frozen(slots=True)
@@ -130,7 +143,10 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
         tb.add_type_arguments(fname)
         copies_vars = [(fn.name, False, fn.variables) for fn in outlined] + [
             (fname, True, call.variables) for _caller, call in copies]
-        # Check every expression against at least one copy, so a typo fails at compile time.
+        # Check every expression against at least one copy, so a typo fails at compile time. A name that the
+        # function's source has but this build's debug info does not (the optimiser dropped it) is no typo:
+        # its captures are unavailable, with that reason.
+        dropped: dict[str, str] = {}
         for text, e in parsed:
             errors = []
             for _name, _inl, variables in copies_vars:
@@ -140,13 +156,19 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
                 except ExpressionError as exc:
                     errors.append(exc)
             else:
+                known = {v.name for _n, _i, variables in copies_vars for v in variables}
+                absent = sorted(n for n in X.identifiers(e) if n not in known)
+                if absent and copies_vars and names_in_source(b, fname, absent):
+                    dropped[text] = NOT_IN_DEBUG_INFO
+                    continue
                 raise errors[0]
         for name, inlined, variables in copies_vars:
             ranges = next(fn.ranges for fn in outlined if fn.name == name) if not inlined else None
             if inlined:
                 ranges = next(call.ranges for _c, call in copies if call.variables is variables)
             tb.add_type_arguments(name)
-            plans.append(FramePlan(name, ranges, inlined, compile_captures(b, tb, compiler, variables, parsed),
+            plans.append(FramePlan(name, ranges, inlined,
+                                   compile_captures(b, tb, compiler, variables, parsed, dropped),
                                    dictionary_locations(variables)))
     tb.add_interface_candidates()
     tb.add_closures_if_funcs()
@@ -193,11 +215,19 @@ def dictionary_locations(variables: Sequence[Variable]) -> tuple[LocationRange, 
     return ()
 
 
+NOT_IN_DEBUG_INFO = "not in the debug info of this build (the optimiser dropped it)"
+
+
 def compile_captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler,
-                     variables: Sequence[Variable], parsed) -> tuple[VariableCapture, ...]:
-    """One VariableCapture per (expression, candidate root variable) of a function or inlined copy."""
+                     variables: Sequence[Variable], parsed,
+                     dropped: Mapping[str, str] | None = None) -> tuple[VariableCapture, ...]:
+    """One VariableCapture per (expression, candidate root variable) of a function or inlined copy.
+    *dropped*: expressions known to be unavailable in this build, with the reason."""
     out = []
     for text, e in parsed:
+        if dropped and text in dropped:
+            out.append(VariableCapture(text, (), None, missing=dropped[text]))
+            continue
         # A name can denote several DWARF variables (shadowing in nested blocks): one capture per candidate
         # root; at run time the one whose location covers the PC wins.
         roots = sorted(X.identifiers(e))

@@ -8,7 +8,7 @@ layouts. Types refer to each other by index in the table, so recursive Go types 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from goprobe.dwarf.types import GoType
 
 TypeId = int
+MAX_VALUE = 1 << 30  # no single Go value goprobe reads is larger
 
 
 @attrs.frozen(slots=True)
@@ -87,6 +88,9 @@ class ClassicMap:
     overflow_off: int
     key_size: int
     elem_size: int
+    # Keys/elements over 128 bytes are stored behind a pointer in the bucket (the slot holds a *K / *V).
+    key_indirect: bool = False
+    elem_indirect: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -109,6 +113,9 @@ class SwissMap:
     elem_off: int
     key_size: int
     elem_size: int
+    # Keys/elements over 128 bytes are stored behind a pointer in the slot (it holds a *K / *V).
+    key_indirect: bool = False
+    elem_indirect: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -133,9 +140,12 @@ class Func:
 
 @attrs.frozen(slots=True)
 class Opaque:
-    """A type goprobe cannot serialise (its DWARF is incomplete): only its size is known."""
+    """A type goprobe cannot serialise: *size* raw bytes are written. With a *reason* (its DWARF is incomplete
+    or its layout breaks a rule the backends rely on) nothing is read and the value decodes as unavailable
+    with that reason: one such type never fails the plan that meets it."""
 
     size: int
+    reason: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -213,6 +223,93 @@ class TypeTable:
         return self.entries[tid]
 
 
+def slot_footprints(shape: SwissMap | ClassicMap) -> tuple[int, int]:
+    """Bytes a key and an element take in a map's slot or bucket array: a pointer when stored indirectly."""
+    return (8 if shape.key_indirect else shape.key_size), (8 if shape.elem_indirect else shape.elem_size)
+
+
+def entry_problem(entries: Sequence[TypeEntry | None], i: TypeId) -> str | None:
+    """What is wrong with entry *i* of a type table (sizes, ids and offsets a backend relies on), or None.
+    The verifier rejects a plan for it; :class:`TypeTableBuilder` degrades such an entry instead."""
+    n = len(entries)
+    e = entries[i]
+
+    def is_int(v: object, lo: int = 0, hi: int = 1 << 64) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
+
+    def tid_ok(v: object) -> bool:
+        return is_int(v, 0, n) and entries[v] is not None
+
+    if not isinstance(e, TypeEntry):
+        return "not a TypeEntry"
+    if not isinstance(e.name, str):
+        return "name must be a string"
+    if not is_int(e.size, 0, MAX_VALUE):
+        return f"size {e.size!r} is not in [0, {MAX_VALUE})"
+    if not (e.runtime_type is None or is_int(e.runtime_type)) or not isinstance(e.direct_iface, bool):
+        return "bad runtime_type or direct_iface"
+    sh = e.shape
+    if isinstance(sh, Scalar):
+        return None if isinstance(sh.kind, str) and sh.size == e.size and sh.size in (1, 2, 4, 8, 16) else \
+            "scalar size"
+    if isinstance(sh, (String, Interface, Func)):
+        return None if e.size == (8 if isinstance(sh, Func) else 16) else "header size"
+    if isinstance(sh, Slice):
+        if not tid_ok(sh.elem):
+            return "bad element type id"
+        return None if e.size == 24 and sh.elem_size == entries[sh.elem].size else "slice shape"
+    if isinstance(sh, Array):
+        if not tid_ok(sh.elem) or not is_int(sh.length, 0, MAX_VALUE):
+            return "bad element type id or length"
+        ok = sh.elem_size == entries[sh.elem].size and sh.elem_size * sh.length <= e.size
+        return None if ok else "array shape"
+    if isinstance(sh, Struct):
+        if not isinstance(sh.fields, tuple):
+            return "fields must be a tuple"
+        for f in sh.fields:
+            if not (isinstance(f, Field) and isinstance(f.name, str) and tid_ok(f.type) and
+                    is_int(f.offset, 0, MAX_VALUE)):
+                return "bad field"
+            if f.offset + entries[f.type].size > e.size:
+                return f"field {f.name} outside the struct"
+        return None
+    if isinstance(sh, Pointer):
+        if e.size != 8:
+            return "pointer size"
+        return None if sh.elem is None or tid_ok(sh.elem) else "bad pointee type id"
+    if isinstance(sh, (SwissMap, ClassicMap)):
+        if not (tid_ok(sh.key) and tid_ok(sh.elem)):
+            return "bad key or element type id"
+        if sh.key_size != entries[sh.key].size or sh.elem_size != entries[sh.elem].size:
+            return "map key/element sizes"
+        for f in attrs.fields(type(sh)):
+            v = getattr(sh, f.name)
+            if f.name not in ("key", "elem") and not (isinstance(v, bool) or is_int(v, 0, MAX_VALUE)):
+                return f"bad {f.name}"
+        ks, es = slot_footprints(sh)
+        if isinstance(sh, SwissMap):
+            ok = (sh.key_off + ks <= sh.slot_size and sh.elem_off + es <= sh.slot_size
+                  and sh.slots_off + 8 * sh.slot_size <= sh.group_size and sh.ctrl_off + 8 <= sh.group_size)
+            return None if ok else "swiss group layout"
+        ok = (sh.keys_off + 8 * ks <= sh.bucket_size and sh.elems_off + 8 * es <= sh.bucket_size
+              and sh.overflow_off + 8 <= sh.bucket_size)
+        return None if ok else "bucket layout"
+    if isinstance(sh, Chan):
+        if not tid_ok(sh.elem):
+            return "bad element type id"
+        ok = all(is_int(getattr(sh, f.name), 0, MAX_VALUE) for f in attrs.fields(Chan) if f.name != "elem")
+        return None if ok else "channel layout"
+    if isinstance(sh, Opaque):
+        return None if is_int(sh.size, 0, MAX_VALUE) and isinstance(sh.reason, str) else "opaque size"
+    if isinstance(sh, TypeParam):
+        if not (tid_ok(sh.shape) and is_int(sh.index, 0, 1 << 16) and isinstance(sh.args, tuple)
+                and all(tid_ok(a) for a in sh.args)):
+            return "bad shape, index or args"
+        ok = entries[sh.shape].size == e.size and not isinstance(entries[sh.shape].shape, TypeParam)
+        return None if ok else "a type parameter's shape has its size and is not itself a type parameter"
+    return f"unknown shape {type(sh).__name__}"
+
+
 class TypeTableBuilder:
     """Compiles DWARF types into shapes, assigning ids on first use (recursive types terminate)."""
 
@@ -232,7 +329,10 @@ class TypeTableBuilder:
         tid = len(self._entries)
         self._ids[t.offset] = tid
         self._entries.append(None)  # placeholder while fields refer back to this type
-        shape = self._shape(t)
+        try:
+            shape = self._shape(t)
+        except _LAYOUT_ERRORS as exc:  # DWARF this builder does not understand: this type only
+            shape = Opaque(0, f"its debug info has a layout goprobe does not understand ({exc})")
         name = t.name or t.kind
         self._entries[tid] = TypeEntry(name, t.size, shape, t.runtime_type, _is_direct_iface(t, shape))
         return tid
@@ -306,8 +406,28 @@ class TypeTableBuilder:
         return e
 
     def build(self) -> TypeTable:
-        entries = tuple(e for e in self._entries if e is not None)
-        assert len(entries) == len(self._entries)
+        """The table. An entry that breaks a layout rule (:func:`entry_problem`) becomes an :class:`Opaque`
+        with the reason, and so does, in turn, any entry that then no longer fits: the plan verifies, and
+        only values of those types are unavailable."""
+        entries = list(self._entries)
+        assert all(e is not None for e in entries)
+        changed = True
+        while changed:
+            changed = False
+            for i, e in enumerate(entries):
+                problem = entry_problem(entries, i)
+                if problem is not None:
+                    size = e.size if isinstance(e.size, int) and 0 <= e.size < MAX_VALUE else 0
+                    if isinstance(e.shape, Opaque) and e.shape.reason:
+                        reason = e.shape.reason
+                    elif size != e.size:
+                        reason = f"too large to capture ({e.size} bytes)"
+                    else:
+                        reason = f"goprobe cannot lay out this type ({problem})"
+                    entries[i] = TypeEntry(e.name, size, Opaque(0, reason), e.runtime_type, e.direct_iface)
+                    changed = True
+        self._entries = entries
+        entries = tuple(entries)
         closures = tuple(Closure(pc, tid) for pc, tid in sorted(self._closures.items()))
         return TypeTable(entries, closures)
 
@@ -381,11 +501,12 @@ class TypeTableBuilder:
         kid, eid = self.add(key), self.add(elem)
         if self._layout.map_impl == "classic":
             bucket = self._b.type_at(header.field("buckets").type_offset).elem
+            keys_f, values_f = bucket.field("keys"), _values_field(bucket)
             return ClassicMap(
                 kid, eid, header.field("count").offset, header.field("B").offset, header.field("buckets").offset,
                 header.field("oldbuckets").offset, bucket.size, bucket.field("tophash").offset,
-                bucket.field("keys").offset, _values_field(bucket).offset, bucket.field("overflow").offset,
-                key.size, elem.size)
+                keys_f.offset, values_f.offset, bucket.field("overflow").offset, key.size, elem.size,
+                _indirect(bucket.field_type(keys_f).elem, key), _indirect(bucket.field_type(values_f).elem, elem))
         dir_ptr = header.field("dirPtr")
         table = self._b.type_at(dir_ptr.type_offset).elem.elem
         groups_f = table.field("groups")
@@ -393,12 +514,17 @@ class TypeTableBuilder:
         group = self._b.type_at(groups.field("data").type_offset).elem
         slots_f = group.field("slots")
         slot = group.field_type(slots_f).elem
+        key_f, elem_f = slot.field("key"), slot.field("elem")
         return SwissMap(
             kid, eid, header.field("used").offset, dir_ptr.offset, header.field("dirLen").offset,
             table.field("used").offset, groups_f.offset + groups.field("data").offset,
             groups_f.offset + groups.field("lengthMask").offset, group.size, group.field("ctrl").offset,
-            slots_f.offset, slot.size, slot.field("key").offset, slot.field("elem").offset, key.size, elem.size)
+            slots_f.offset, slot.size, key_f.offset, elem_f.offset, key.size, elem.size,
+            _indirect(slot.field_type(key_f), key), _indirect(slot.field_type(elem_f), elem))
 
+
+# What a DWARF type this builder does not expect raises while its shape is made (a missing field: None).
+_LAYOUT_ERRORS = (AttributeError, KeyError, TypeError, ValueError, IndexError, RecursionError)
 
 _SCALARS = frozenset({"bool", "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32",
                       "uint64", "uintptr", "float32", "float64", "complex64", "complex128", "unsafe.Pointer"})
@@ -450,6 +576,12 @@ def _generic_base(function: str) -> str | None:
     if open_at < 0:
         return None
     return function[:open_at]
+
+
+def _indirect(stored: GoType, logical: GoType) -> bool:
+    """Whether a map stores *logical* keys (or elements) behind a pointer: the linker's bucket or slot type
+    then holds a pointer where the value would be (Go does so above 128 bytes)."""
+    return stored.kind == "ptr" and logical.size != stored.size
 
 
 def _values_field(bucket: GoType):

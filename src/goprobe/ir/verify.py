@@ -7,7 +7,6 @@ so a backend can trust the plan it executes.
 
 from __future__ import annotations
 
-import attrs
 
 from goprobe.dwarf.expressions import (
     ADDRESS_MEMORY,
@@ -26,7 +25,7 @@ from goprobe.ir import values as V
 
 MAX_FRAMES = 1 << 20
 MAX_GOROUTINES = 1 << 26
-MAX_VALUE = 1 << 30  # no single Go value goprobe reads is larger
+MAX_VALUE = V.MAX_VALUE
 _PIECE_KINDS = {REGISTER, CFA_MEMORY, ADDRESS_MEMORY, REGISTER_MEMORY, IMPLICIT, UNAVAILABLE}
 
 
@@ -59,7 +58,7 @@ def verify(plan: S.SnapshotPlan) -> S.SnapshotPlan:
     gl = plan.goroutines
     _check(isinstance(gl, S.GoroutineLayout), "goroutines", "not a GoroutineLayout")
     for name in ("goid", "status", "sched_pc", "sched_sp", "sched_bp", "syscall_sp", "syscall_pc", "stack_lo",
-                 "stack_hi", "m", "waitreason"):
+                 "stack_hi", "m", "waitreason", "gopc", "parent_goid", "waitsince", "lockedm"):
         _int(getattr(gl, name), f"goroutines.{name}", 0, MAX_VALUE)
         _check(getattr(gl, name) + 1 <= gl.g_size, f"goroutines.{name}", "outside runtime.g")
     _int(gl.g_size, "goroutines.g_size", 1, MAX_VALUE)
@@ -115,70 +114,9 @@ def _verify_types(table: object) -> None:
     def tid(v: object, where: str) -> None:
         _int(v, where, 0, n)
 
-    for i, e in enumerate(entries):
-        where = f"types[{i}]"
-        _check(isinstance(e, V.TypeEntry), where, "not a TypeEntry")
-        _check(isinstance(e.name, str), where, "name must be a string")
-        _int(e.size, where + ".size", 0, MAX_VALUE)
-        _check(e.runtime_type is None or isinstance(e.runtime_type, int), where, "bad runtime_type")
-        _check(isinstance(e.direct_iface, bool), where, "bad direct_iface")
-        sh = e.shape
-        if isinstance(sh, V.Scalar):
-            _check(isinstance(sh.kind, str) and sh.size == e.size and sh.size in (1, 2, 4, 8, 16), where,
-                   "scalar size")
-        elif isinstance(sh, (V.String, V.Interface, V.Func)):
-            _check(e.size == (16 if isinstance(sh, (V.String, V.Interface)) else 8), where, "header size")
-        elif isinstance(sh, V.Slice):
-            tid(sh.elem, where + ".elem")
-            _check(e.size == 24 and sh.elem_size == entries[sh.elem].size, where, "slice shape")
-        elif isinstance(sh, V.Array):
-            tid(sh.elem, where + ".elem")
-            _int(sh.length, where + ".length", 0, MAX_VALUE)
-            _check(sh.elem_size == entries[sh.elem].size and sh.elem_size * sh.length <= e.size, where,
-                   "array shape")
-        elif isinstance(sh, V.Struct):
-            _check(isinstance(sh.fields, tuple), where, "fields must be a tuple")
-            for f in sh.fields:
-                _check(isinstance(f, V.Field) and isinstance(f.name, str), where, "bad field")
-                tid(f.type, where + f".{f.name}")
-                _int(f.offset, where + f".{f.name}", 0, MAX_VALUE)
-                _check(f.offset + entries[f.type].size <= e.size, where, f"field {f.name} outside the struct")
-        elif isinstance(sh, V.Pointer):
-            _check(e.size == 8, where, "pointer size")
-            if sh.elem is not None:
-                tid(sh.elem, where + ".elem")
-        elif isinstance(sh, (V.SwissMap, V.ClassicMap)):
-            tid(sh.key, where + ".key")
-            tid(sh.elem, where + ".elem")
-            _check(sh.key_size == entries[sh.key].size and sh.elem_size == entries[sh.elem].size, where,
-                   "map key/element sizes")
-            for name in _int_fields(sh):
-                _int(getattr(sh, name), f"{where}.{name}", 0, MAX_VALUE)
-            if isinstance(sh, V.SwissMap):
-                _check(sh.key_off + sh.key_size <= sh.slot_size and sh.elem_off + sh.elem_size <= sh.slot_size
-                       and sh.slots_off + 8 * sh.slot_size <= sh.group_size and sh.ctrl_off + 8 <= sh.group_size,
-                       where, "swiss group layout")
-            else:
-                _check(sh.keys_off + 8 * sh.key_size <= sh.bucket_size and
-                       sh.elems_off + 8 * sh.elem_size <= sh.bucket_size and sh.overflow_off + 8 <= sh.bucket_size,
-                       where, "bucket layout")
-        elif isinstance(sh, V.Chan):
-            tid(sh.elem, where + ".elem")
-            for name in _int_fields(sh):
-                _int(getattr(sh, name), f"{where}.{name}", 0, MAX_VALUE)
-        elif isinstance(sh, V.Opaque):
-            _int(sh.size, where + ".size", 0, MAX_VALUE)
-        elif isinstance(sh, V.TypeParam):
-            tid(sh.shape, where + ".shape")
-            _int(sh.index, where + ".index", 0, 1 << 16)
-            _check(isinstance(sh.args, tuple), where, "args is a tuple of type ids")
-            for k, arg in enumerate(sh.args):
-                tid(arg, f"{where}.args[{k}]")
-            _check(entries[sh.shape].size == e.size and not isinstance(entries[sh.shape].shape, V.TypeParam),
-                   where, "a type parameter's shape has its size and is not itself a type parameter")
-        else:
-            _check(False, where, f"unknown shape {type(sh).__name__}")
-
+    for i in range(n):
+        problem = V.entry_problem(entries, i)
+        _check(problem is None, f"types[{i}]", problem or "")
 
     closures = table.closures
     _check(isinstance(closures, tuple), "types.closures", "must be a tuple")
@@ -188,10 +126,6 @@ def _verify_types(table: object) -> None:
         _int(c.entry, where + ".entry")
         tid(c.context, where + ".context")
         _check(isinstance(entries[c.context].shape, V.Struct), where, "a closure context is a struct")
-
-
-def _int_fields(node: object) -> list[str]:
-    return [f.name for f in attrs.fields(type(node)) if f.name not in ("key", "elem")]
 
 
 def _verify_frame(fp: object, table: V.TypeTable, where: str) -> None:

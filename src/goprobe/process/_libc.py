@@ -29,6 +29,7 @@ ffi.cdef("""
 lib = ffi.dlopen(None)
 
 # <sys/ptrace.h>
+PTRACE_POKEDATA = 5
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12

@@ -41,13 +41,15 @@ _LEN = struct.Struct("<I")
 
 
 def send_msg(sock: socket.socket, msg: tuple, fds: list[int] | None = None) -> None:
+    """Send *msg*; a closed other end raises OSError (MSG_NOSIGNAL: never a SIGPIPE, which the CLI leaves
+    at its default action, so a dead helper would otherwise kill goprobe)."""
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     frame = _LEN.pack(len(data)) + data
     if fds:
-        sent = socket.send_fds(sock, [frame], fds)
+        sent = socket.send_fds(sock, [frame], fds, socket.MSG_NOSIGNAL)
         frame = frame[sent:]
     if frame:
-        sock.sendall(frame)
+        sock.sendall(frame, socket.MSG_NOSIGNAL)
 
 
 def recv_msg(sock: socket.socket) -> tuple[tuple | None, list[int]]:

@@ -12,9 +12,8 @@ Design points, each for a failure that would otherwise leave the target stopped:
   as stopped; the signal is handed back on PTRACE_DETACH so the program still gets it.
 * SIGINT and SIGTERM are deferred while threads are being stopped or resumed, and re-delivered after the
   last PTRACE_DETACH (only when pausing from the main thread, where Python runs signal handlers).
-* A thread single-stepped with other registers (``step_many``) is the one state a tracer's death does not
-  undo: goprobe's snapshots hold such pauses in the helper process of :mod:`goprobe.process.remote_pause`,
-  which outlives goprobe long enough to put the registers back.
+* A thread sent to run a snapshot program (``step_many``) gets registers whose only way on is back to
+  where it stopped (through a ``ret``): a tracer's death at any instant leaves it correct.
 """
 
 from __future__ import annotations
@@ -82,6 +81,7 @@ class StepArm:
     thread_words: tuple[int, ...] = ()
     pending_rings: tuple[int, ...] = ()
     disarm: tuple[int, ...] = ()  # byte offsets of words set to zero when the step is over
+    code: tuple[tuple[int, int], ...] = ()  # only threads stopped at a PC in these ranges are stepped
     words: object = attrs.field(default=None, eq=False, repr=False)  # this process's mapping of the map
 
     def bound_to(self, words) -> StepArm:
@@ -271,6 +271,37 @@ class _Timeout(Exception):
 
 
 _TRAP_FLAG = 0x100  # EFLAGS.TF
+_SIGURG_BIT = 1 << (signal.SIGURG - 1)
+# Errors a system call interrupted by a stop returns when the kernel will restart it (<linux/errno.h>).
+_RESTART = {(1 << 64) - 512, (1 << 64) - 513, (1 << 64) - 514}  # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+_RESTART_BLOCK = (1 << 64) - 516  # ERESTART_RESTARTBLOCK: restarted as restart_syscall
+_NR_RESTART_SYSCALL = 219  # x86_64
+
+
+def _continuation(regs) -> tuple[int, int]:
+    """(rip, rax) with which the thread of stopped registers *regs* goes on as the kernel would resume it: a
+    system call it was interrupted in and that the kernel would restart is made again (the ``syscall``
+    instruction is 2 bytes), as arch_do_signal_or_restart does when no handler runs."""
+    if regs.orig_rax < (1 << 63):
+        if regs.rax in _RESTART:
+            return regs.rip - 2, regs.orig_rax
+        if regs.rax == _RESTART_BLOCK:
+            return regs.rip - 2, _NR_RESTART_SYSCALL
+    return regs.rip, regs.rax
+
+
+def _blocks_sigurg(pid: int, tid: int) -> bool:
+    """Whether thread *tid* blocks SIGURG (its SigBlk mask), or cannot be looked at."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigBlk:"):
+                    return bool(int(line.split()[1], 16) & _SIGURG_BIT)
+    except (OSError, ValueError):
+        pass
+    return True
+
+
 STEP_THREADS_MAX = 8  # threads stepped at once at most (step_many)
 
 
@@ -462,17 +493,32 @@ class _Tracer:
         return self.step_many(addr)[0]
 
     def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:
-        """Like :meth:`step_through`, with up to *count* threads stepped at the same time (each can run its
-        share of the program's work on a CPU of its own); returns their ids. *before(tids)* is called once
-        they are chosen, before any of them runs."""
+        """Like :meth:`step_through`, with up to *count* threads at the same time (each can run its share of
+        the program's work on a CPU of its own); returns their ids. *before(tids)* is called once they are
+        chosen, before any of them runs.
+
+        *addr* must be a ``ret`` instruction. A chosen thread gets, as the word below its stack pointer, the
+        address it was stopped at (one step back onto the system call instruction when the kernel would
+        restart the call it was interrupted in), and then registers that differ from its own only in that
+        ``rip`` is *addr*, ``rsp`` is 8 lower, and the call to restart is set up. So whatever happens next —
+        goprobe or its helper killed, the uprobe gone — the ``ret`` alone puts the thread back where it was:
+        no state ever depends on a tracer that lives to restore it. The thread is resumed (not stepped: a
+        trap flag outliving its tracer would kill the program); the snapshot program at *addr* sends the
+        thread a SIGURG when done, which stops it again (a traced thread) before it runs any code of its own,
+        or, with no tracer left, reaches Go's handler as a harmless spurious preemption request.
+
+        With a :class:`StepArm` whose ``code`` is set, only threads stopped at a PC there are chosen, and
+        never one that blocks SIGURG."""
         # Prefer threads in an interrupt stop (no signal of their own to hand back), and not the main thread:
         # if the process is killed during the step, another thread's death is reported at once, and waiting
         # for the main thread takes any tracee's report (see _wait_one), so it is only ever stepped alone.
         order = sorted(self.signals, key=lambda t: (self.signals[t] != 0, t == self.pid, t))
         if count > 1 and any(t != self.pid for t in order):
             order = [t for t in order if t != self.pid]
-        saved: dict[int, object] = {}
-        running: set[int] = set()
+        code = getattr(before, "code", ())
+        saved: dict[int, object] = {}  # chosen thread → its registers at the stop
+        started: set[int] = set()  # resumed (they run their way back through the ret)
+        running: set[int] = set()  # resumed and not seen stopped since
         pinned: dict[int, set[int]] = {}
         try:
             for tid in order:
@@ -481,92 +527,119 @@ class _Tracer:
                 buf = self._saved_regs[len(saved)]
                 if _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, buf)[0] == -1:
                     continue  # killed while stopped: try another thread
+                if code and not (any(lo <= buf.rip < hi for lo, hi in code) and not _blocks_sigurg(self.pid, tid)):
+                    continue
+                rip, rax = _continuation(buf)
+                # The word below the stack pointer is free in Go code (Go's own asynchronous preemption pushes
+                # a return address there).
+                if _libc.ptrace(_libc.PTRACE_POKEDATA, tid, buf.rsp - 8, rip)[0] == -1:
+                    continue  # no stack below: try another thread
                 regs = self._step_regs
                 regs[0] = buf[0]
                 regs.rip = addr
-                regs.orig_rax = (1 << 64) - 1  # no system call to restart when this step resumes the thread
+                regs.rsp = buf.rsp - 8
+                regs.rax = rax
+                regs.orig_rax = (1 << 64) - 1  # the restart, if any, is in rip/rax: the kernel makes none
                 regs.eflags &= ~_TRAP_FLAG
                 saved[tid] = buf
                 if _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, regs)[0] == -1:
                     del saved[tid]  # killed while stopped: try another thread
             tids = list(saved)
+            if tids and self.memory.read(addr, 1) not in (b"\xc3", b"\xcc"):  # ret, or the uprobe's int3 on it
+                raise ProcessError(f"pid {self.pid}: {addr:#x} is not a ret instruction; nothing was stepped")
             if not tids:
-                self.died = True
-                raise ProcessExitedError(f"pid {self.pid} has no thread left to run the snapshot program on")
+                if not self.signals:
+                    self.died = True
+                    raise ProcessExitedError(f"pid {self.pid} has no thread left to run the snapshot program on")
+                raise ProcessError(f"pid {self.pid}: no stopped thread can run the snapshot program (none is "
+                                   "in Go code with SIGURG unblocked); retry, or use backend='interp'")
             if before is not None:
                 before(tids)
-            if len(tids) == 1:
-                self._step(tids[0], addr)
-                return tids
-            # Woken together, the threads tend to be queued on one CPU and run one after the other: each gets
-            # a CPU of its own for the step (its own affinity mask is put back right after). The last one
-            # started gets the CPU this thread is on: one started earlier there could preempt this thread
-            # before it has started the others, which would then wait for its whole share.
-            here = _libc.current_cpu()
-            for i, tid in enumerate(tids):
-                try:
-                    allowed = sorted(os.sched_getaffinity(tid))
-                    if here in allowed:
-                        allowed.remove(here)
-                        allowed.append(here)
-                    os.sched_setaffinity(tid, {allowed[(i - len(tids)) % len(allowed)]})
-                    pinned[tid] = set(allowed)
-                except OSError:
-                    continue  # it runs where the scheduler puts it
+            if len(tids) > 1:
+                # Woken together, the threads tend to be queued on one CPU and run one after the other: each
+                # gets a CPU of its own for the step (its own affinity mask is put back right after). The last
+                # one started gets the CPU this thread is on: one started earlier there could preempt this
+                # thread before it has started the others, which would then wait for its whole share.
+                here = _libc.current_cpu()
+                for i, tid in enumerate(tids):
+                    try:
+                        allowed = sorted(os.sched_getaffinity(tid))
+                        if here in allowed:
+                            allowed.remove(here)
+                            allowed.append(here)
+                        os.sched_setaffinity(tid, {allowed[(i - len(tids)) % len(allowed)]})
+                        pinned[tid] = set(allowed)
+                    except OSError:
+                        continue  # it runs where the scheduler puts it
             for tid in tids:
-                self._single_step(tid)
+                self._cont(tid)
+                started.add(tid)
                 running.add(tid)
             for tid in tids:
-                status = self._wait_one(tid)
+                self._finish_step(tid, addr)
                 running.discard(tid)
-                self._step(tid, addr, status)
             return tids
         finally:
             if isinstance(before, StepArm):
                 before.step_over()
-            for tid in running:  # an error left it stepping: its registers can only be put back once it stops
+            for tid in running:  # an error left it running: stop it again (wherever it is, it is consistent)
+                _libc.ptrace(_libc.PTRACE_INTERRUPT, tid)
                 try:
                     self._wait_one(tid)
                 except GoprobeError:
                     continue
             for tid, buf in saved.items():
-                _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, buf)
+                if tid not in started:  # never resumed: its own registers back (the word below is unused)
+                    _libc.ptrace(_libc.PTRACE_SETREGS, tid, 0, buf)
             for tid, allowed in pinned.items():
                 try:
                     os.sched_setaffinity(tid, allowed)
                 except OSError:
                     pass  # it exited
 
-    def _single_step(self, tid: int) -> None:
-        r, err = _libc.ptrace(_libc.PTRACE_SINGLESTEP, tid, 0, 0)
+    def _cont(self, tid: int) -> None:
+        r, err = _libc.ptrace(_libc.PTRACE_CONT, tid, 0, 0)
         if r == -1:
-            raise ProcessError(f"PTRACE_SINGLESTEP of thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
+            raise ProcessError(f"PTRACE_CONT of thread {tid} of pid {self.pid} failed: {os.strerror(err)}")
 
-    def _step(self, tid: int, addr: int, status: int | None = None) -> None:
-        """Step *tid* until it has executed the instruction at *addr* (*status*: the stop it already reported
-        after a step, if any)."""
-        for _attempt in range(4):
+    def _finish_step(self, tid: int, addr: int) -> None:
+        """Wait until resumed thread *tid* stops again after the ``ret`` at *addr*; resume it again when it
+        stopped before (a signal of its own came due first: it is handed back on detach)."""
+        for _attempt in range(8):
+            status = self._wait_step(tid)
             if status is None:
-                self._single_step(tid)
-                status = self._wait_one(tid)
+                # No stop: the program did not signal (not attached, or not armed for this thread). Stopping it
+                # now is safe wherever it is; the caller finds out from what the program left.
+                _libc.ptrace(_libc.PTRACE_INTERRUPT, tid)
+                self._wait_one(tid)
+                return
             sig, event = os.WSTOPSIG(status), status >> 16
-            status = None
-            if event == 0 and sig == signal.SIGTRAP:
-                regs = self._step_regs
-                _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, regs)
-                if regs.rip != addr:
-                    return
-                continue  # stopped before the instruction ran (a trap of its own): step again
-            if event == 0 and self.signals.get(tid) == 0:
+            regs = self._step_regs
+            _libc.ptrace(_libc.PTRACE_GETREGS, tid, 0, regs)
+            if regs.rip != addr:
+                return  # through the ret: the SIGURG stop (dropped: it is resumed with its own signal)
+            if event == 0 and sig != signal.SIGURG and self.signals.get(tid) == 0:
                 self.signals[tid] = sig  # a signal came due first: the program gets it when resumed
-                continue
-            if event != 0:
-                continue  # an interrupt or group stop: step again
-            raise ProcessError(f"thread {tid} of pid {self.pid} kept receiving signals; the snapshot program "
-                               "did not run")
-        raise ProcessError(f"thread {tid} of pid {self.pid} did not run the snapshot program's instruction")
+            self._cont(tid)
+        raise ProcessError(f"thread {tid} of pid {self.pid} kept stopping before the snapshot program's "
+                           "instruction; it did not run")
 
-    def _wait_one(self, tid: int) -> int:
+    def _wait_step(self, tid: int) -> int | None:
+        """The next stop of resumed thread *tid*, or None if it has not stopped within the step's time limit
+        (the pause's timeout; the program's own run may take that long on a very large process)."""
+        deadline = time.monotonic() + max(self.timeout, 1.0)
+        delay = 0.0
+        while True:
+            status = self._wait_one(tid, block=False)
+            if status is not None:
+                return status
+            if time.monotonic() > deadline:
+                return None
+            # Sleeping (not spinning) leaves this CPU to the stepped thread that may have been put on it.
+            delay = min(delay * 2 or 10e-6, 200e-6)
+            time.sleep(delay)
+
+    def _wait_one(self, tid: int, block: bool = True) -> int | None:
         """The stop status of *tid* after a single step. The wait blocks: a step always ends in a stop or in
         the thread's death, and polling would add its sleep to the pause.
 
@@ -576,8 +649,11 @@ class _Tracer:
         are reported at once; they are waited for alone, which never reaps the leader's exit status (the
         target's parent may be this very process, and it wants that status)."""
         leader = tid == self.pid
+        flags = _libc.WALL | _libc.WNOTHREAD | (0 if block else _libc.WNOHANG)
         while True:
-            r, status, err = _libc.waitpid(-1 if leader else tid, _libc.WALL | _libc.WNOTHREAD)
+            r, status, err = _libc.waitpid(-1 if leader else tid, flags)
+            if r == 0:
+                return None  # not blocking, and nothing to report yet
             if r == -1:
                 if err == errno.EINTR:
                     continue
@@ -662,12 +738,11 @@ class PausedProcess:
         return self._done
 
     def step_through(self, addr: int) -> int:
-        """Run the one instruction at *addr* on a stopped thread (its registers are put back after), so that a
+        """Run the one instruction at *addr* on a stopped thread (it comes back to where it was), so that a
         uprobe there runs its BPF program in the target's context; the process stays paused. Returns the
         thread id. Raises :class:`ProcessError` (or
-        :class:`ProcessExitedError`) if that cannot be done. Should this process die during the step, the
-        thread would run on with the changed registers: :func:`goprobe.process.remote_pause.run_paused_in_helper`
-        holds such a pause in a helper process instead."""
+        :class:`ProcessExitedError`) if that cannot be done. *addr* must be a ``ret``: see
+        :meth:`_Tracer.step_many`, which leaves the thread safe should this process die at any instant."""
         return self.step_many(addr)[0]
 
     def step_many(self, addr: int, count: int = 1, before=None) -> list[int]:

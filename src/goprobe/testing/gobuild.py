@@ -45,18 +45,22 @@ def build(src: Path, version: str, mode: str = "opt", *, extra_flags: tuple[str,
     out = out_dir / f"{name or src.name}-{version}-{mode}-{goarch}-{key}"
     if out.exists():
         return out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    go = go_binary(version)
     env = go_env(version)
     env["GOARCH"] = goarch
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        tmp_out = Path(tmp) / "a.out"
-        cmd = [str(go), "build", "-o", str(tmp_out), *flags, "."]
-        proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ToolchainError(f"go {version} build of {src} ({mode}) failed:\n{proc.stderr[-4000:]}")
-        os.replace(tmp_out, out)
+    _go_build(version, [*flags, "."], src, env, out, f"{src} ({mode})")
     return out
+
+
+def _go_build(version: str, args: list[str], cwd: Path | None, env: dict[str, str], out: Path, what: str) -> None:
+    """``go build -o OUT ARGS`` of *version*, written to *out* at once when it succeeded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_out = Path(tmp) / "a.out"
+        proc = subprocess.run([str(go_binary(version)), "build", "-o", str(tmp_out), *args], cwd=cwd or tmp,
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ToolchainError(f"go {version} build of {what} failed:\n{proc.stderr[-4000:]}")
+        os.replace(tmp_out, out)
 
 
 def go_tool(version: str, *args: str, cwd: Path | None = None, input: str | None = None) -> str:
@@ -66,3 +70,16 @@ def go_tool(version: str, *args: str, cwd: Path | None = None, input: str | None
     if proc.returncode != 0:
         raise ToolchainError(f"go tool {' '.join(args)} failed: {proc.stderr[-2000:]}")
     return proc.stdout
+
+
+def build_std(version: str, package: str, *, extra_flags: tuple[str, ...] = ()) -> Path:
+    """Build *package* (``cmd/trace``, ``cmd/go``, ``cmd/compile``…) from Go *version*'s own source with the
+    default flags, as the toolchain ships it but with its debug info: real programs nobody here wrote.
+    Cached by (version, package, flags); the toolchain's source does not change under a version."""
+    key = hashlib.sha256("\0".join((version, package, *extra_flags)).encode()).hexdigest()[:16]
+    out_dir = cache_dir() / "builds"
+    out = out_dir / f"{package.replace('/', '_')}-{version}-{key}"
+    if out.exists():
+        return out
+    _go_build(version, [*extra_flags, package], None, go_env(version), out, package)
+    return out

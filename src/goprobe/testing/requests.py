@@ -141,7 +141,6 @@ def measure_event_request(b: GoBinary, request: dict[str, list[str]], *, limits=
     Programs are unloaded right after; maps are shared."""
     from goprobe.backends.ebpf import event_codegen as G
     from goprobe.backends.ebpf import syscall as sc
-    from goprobe.backends.ebpf.llvm_target import compile_to_object
     from goprobe.backends.ebpf.object_file import BpfObject
     from goprobe.backends.ebpf.program import load_program
     from goprobe.backends.ebpf.uprobe import choose_attach_type
@@ -162,8 +161,8 @@ def measure_event_request(b: GoBinary, request: dict[str, list[str]], *, limits=
         for fn, exprs in request.items():
             try:
                 plan = compile_event(b, EventRequest.build(fn, exprs, **build))
-                gen = G.generate(plan, fds, limits)
-                obj = BpfObject(compile_to_object(gen.ir, name=fn), name=fn)
+                gen, code = G.generate_and_compile(plan, fds, limits, fn)
+                obj = BpfObject(code, name=fn)
             except GoprobeError as e:
                 out.append(ProgramFigures(fn, "", error=str(e)))
                 continue

@@ -13,13 +13,14 @@ constant bounds and are not unrolled.
 
 from __future__ import annotations
 
+import copy
 import re
 import struct
 
 import attrs
 
 from goprobe.backends.ebpf.ir_text import Function, Module
-from goprobe.backends.ebpf.llvm_target import CodegenError
+from goprobe.backends.ebpf.llvm_target import CodegenError, compile_to_object
 from goprobe.dwarf import expressions as E
 from goprobe.ir import access as A
 from goprobe.ir import events as EV
@@ -152,14 +153,35 @@ class GeneratedEvents:
     budget_cuts: tuple[str, ...] = ()
 
 
-def generate(plan: EV.EventPlan, maps: MapFds, limits: Limits) -> GeneratedEvents:
-    """The BPF programs of *plan*, as one LLVM module."""
+def generate(plan: EV.EventPlan, maps: MapFds, limits: Limits, code: int = 0) -> GeneratedEvents:
+    """The BPF programs of *plan*, as one LLVM module; *code*: value nodes of code per program (0: the
+    default, PROGRAM_CODE)."""
     gen = _Generator(plan, maps, limits)
+    gen.code_budget = code or PROGRAM_CODE
     return gen.run()
+
+
+def generate_and_compile(plan: EV.EventPlan, maps: MapFds, limits: Limits, name: str) -> tuple[GeneratedEvents, bytes]:
+    """:func:`generate`, then the ELF object. The code budget is an estimate: should LLVM still find a branch
+    beyond BPF's 16-bit jump range, the programs are made again with half the budget (their captures then
+    show less, and say so in ``budget_cuts``) rather than the probe refused."""
+    code = PROGRAM_CODE
+    while True:
+        generated = generate(plan, maps, limits, code)
+        try:
+            return generated, compile_to_object(generated.ir, name=name)
+        except CodegenError as exc:
+            if "out of insn range" not in str(exc) or code < PROGRAM_CODE // 8:
+                raise
+            code //= 2
 
 
 class _Unsupported(Exception):
     pass
+
+
+class _TooMuchCode(CodegenError):
+    """The program's value code passed MAX_NODES: the capture being written is left out (see _capture)."""
 
 
 class _Generator:
@@ -173,6 +195,7 @@ class _Generator:
         self.sections: list[tuple[str, str, int]] = []
         self.layouts: list[SiteLayout] = []
         self._nodes = 0
+        self.code_budget = PROGRAM_CODE
         self.defer = False  # events cannot leave values for later: the process is not paused
         # what the verification budget cut: (function, expression) → kind of cut → details (ordered sets)
         self.budget_cuts: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
@@ -368,7 +391,7 @@ class _SiteProgram(_Program):
 
         callers = self.gen.plan.callers
         here = self._per_label(site.captures)
-        self.units_left, self.code_left = PROGRAM_UNITS, PROGRAM_CODE
+        self.units_left, self.code_left = PROGRAM_UNITS, self.gen.code_budget
         self.caps_left = len(here) + len(site.returns) + sum(len(_group(fp.captures)) for fp in callers)
         # What the captures still to come would cost in full: a cheap one leaves its part of the share to others.
         self.rest_cost = sum(self._cap_cost(c) for c in [*here, *site.returns,
@@ -764,23 +787,29 @@ class _SiteProgram(_Program):
             f.br(fail)
             state = None
         if state is not None:
-            self.put8(CAPTURE_VALUE)
-            len_at = f.load(self.posp, volatile=True)
-            f.store(f.gep(self.scratch, CAPLEN_OFF), len_at)
-            self.put32(0)
-            if self._follows_pointers(cap.type):
-                self.new_value()
-            kind, where = state
-            if kind == "local":
-                self.ser_local(cap.type, where, 1, 0)
-            elif kind == "merged":
-                self.value_merged(cap.type, *where)
+            # Should this value's code push the program past MAX_NODES, it is taken out again and the capture
+            # says why: one huge value does not cost the probe its other captures.
+            # A second try follows no pointer (a pointer root then shows its address). Allocas made meanwhile
+            # stay (unused ones cost nothing; shared ones are cached by the function).
+            cuts = getattr(self.gen, "budget_cuts", None)  # events only
+            mark = (len(f.lines), f._current, self.gen._nodes, copy.deepcopy(cuts))
+            limits = self.limits
+            for depth in (limits.pointer_depth, 0):
+                self.limits = attrs.evolve(limits, pointer_depth=depth)
+                try:
+                    self._capture_value(cap, state, done, fail)
+                    break
+                except _TooMuchCode:
+                    del f.lines[mark[0]:]
+                    f.terminated, f._current, self.gen._nodes = False, mark[1], mark[2]
+                    if cuts is not None:
+                        self.gen.budget_cuts = copy.deepcopy(mark[3])
+                    self.budget_cut(TOO_LARGE_VALUE, self.table[cap.type].name)
+                finally:
+                    self.limits = limits
             else:
-                self.value_at(cap.type, where, 1, 0)
-            end = f.load(self.posp, volatile=True)
-            at = f.and_(f.barrier(len_at), HALF - 1)
-            f.store(f.gep(self.scratch, at), f.sub(end, f.add(len_at, 4)), 32)
-            f.br(done)
+                f.store(self.reasonp, self.gen.reason(TOO_LARGE_VALUE))
+                f.br(fail)
         f.block(fail)
         f.store(self.posp, start)
         self.put8(CAPTURE_UNAVAILABLE)
@@ -792,6 +821,41 @@ class _SiteProgram(_Program):
             self.code_left -= code - self.cleft
             self.caps_left -= 1
             self.vleft = None
+
+    def _capture_value(self, cap: VariableCapture, state, done: str, fail: str) -> None:
+        """The CAPTURE_VALUE part of a capture whose root is at *state*; ends with a branch to *done* (or to
+        *fail* when the root is dropped)."""
+        f = self.fn
+        self.put8(CAPTURE_VALUE)
+        len_at = f.load(self.posp, volatile=True)
+        f.store(f.gep(self.scratch, CAPLEN_OFF), len_at)
+        self.put32(0)
+        if self._follows_pointers(cap.type):
+            self.new_value()
+        kind, where = state
+        mode = getattr(self, "root_mode", None)
+        size = self.table[cap.type].size
+        deferred = mode == "defer" and (kind not in ("local", "merged") or size <= FIX_DATA)
+        if deferred and kind == "local":
+            self.defer(cap.type, where, size, 0, f.load(self.posp, volatile=True))
+        elif deferred:
+            hand = f.gep(self.scratch, TMP_OFF + 48)
+            f.store(hand, where)
+            self.defer(cap.type, hand, BY_ADDRESS, 0, f.load(self.posp, volatile=True))
+        elif mode is not None:
+            f.store(self.reasonp, self.gen.reason(ROOT_DROPPED))
+            f.br(fail)
+            return
+        elif kind == "local":
+            self.ser_local(cap.type, where, 1, 0)
+        elif kind == "merged":
+            self.value_merged(cap.type, *where)
+        else:
+            self.value_at(cap.type, where, 1, 0)
+        end = f.load(self.posp, volatile=True)
+        at = f.and_(f.barrier(len_at), HALF - 1)
+        f.store(f.gep(self.scratch, at), f.sub(end, f.add(len_at, 4)), 32)
+        f.br(done)
 
     def _cap_cost(self, cap: VariableCapture) -> int:
         """The budget units *cap* would use with nothing cut (capped at the program's units)."""
@@ -907,8 +971,11 @@ class _SiteProgram(_Program):
         cap0 = cands[0]
         if cap0.path is not None and cap0.path.root == "":
             return ("user", str(cap0.path.global_address))
-        size = 8 if cap0.escaped else self.table[cap0.root_type if cap0.root_type is not None else cap0.type].size
-        if size > STAGE_SIZE:
+        # Candidates of one name may differ in whether their slot holds the value or the address of its heap
+        # copy (a parameter at entry, then the escaped local): each is read its own way.
+        all_escaped = all(c.escaped for c in cands)
+        value_size = self.table[cap0.root_type if cap0.root_type is not None else cap0.type].size
+        if not all_escaped and value_size > STAGE_SIZE:
             raise _Unsupported("value too large for the eBPF backend's staging buffer")
         found = f.label("root_found")
         root = f.gep(self.scratch, STAGE_OFF)
@@ -922,12 +989,18 @@ class _SiteProgram(_Program):
                 if why is not None:
                     self.fail(fail, why)
                 else:
-                    self.assemble(r.location, size, root, cfa, fail)
+                    self.assemble(r.location, 8 if c.escaped else value_size, root, cfa, fail)
+                    if c.escaped and not all_escaped:  # the heap copy into the root buffer
+                        bad = self.read_user(root, value_size, f.load(root))
+                        ok = f.label("heap_ok")
+                        f.store(self.reasonp, self.gen.reason("memory is not readable"))
+                        f.cbr(bad, fail, ok)
+                        f.block(ok)
                     f.br(found)
                 f.block(nxt)
         self.fail(fail, "not available at this PC (optimised away or out of scope)")
         f.block(found)
-        if cap0.escaped:
+        if all_escaped:
             return ("user", self.load_word(("local", root), 0, 8, fail))
         return ("local", root)
 
@@ -1173,8 +1246,7 @@ class _SiteProgram(_Program):
             self.vleft -= self.mult
             self.cleft -= 1
         if self.gen._nodes > MAX_NODES:
-            raise CodegenError("the captured values need too much eBPF code; capture fewer or smaller values "
-                               "(e.g. a field instead of a whole struct), or lower pointer_depth")
+            raise _TooMuchCode(TOO_MUCH_CODE)
 
     def value_at(self, tid: int, addr: str, level: int, depth: int) -> None:
         """A value in the target's memory: read it whole into the level's staging buffer, then write it."""
@@ -1182,8 +1254,12 @@ class _SiteProgram(_Program):
         self._node()
         entry = self.table[tid]
         size = entry.size
-        if self.gen.defer and getattr(self, "capture_nodes", 0) > CAPTURE_NODES:
-            # Past this capture's code budget: the interpreter writes the value from its address.
+        if self.gen.defer and (getattr(self, "capture_nodes", 0) > CAPTURE_NODES or (
+                isinstance(entry.shape, V.Struct) and
+                getattr(self, "capture_nodes", 0) + _flat_nodes(self.table, tid, CAPTURE_NODES) > CAPTURE_NODES)):
+            # Past this capture's code budget, or a struct that would run past it: the interpreter writes the
+            # value from its address (one fix-up for the struct, not one for each field past the budget:
+            # hundreds of them made code whose live values overflowed BPF's 512-byte stack).
             self.capture_nodes += 1
             hand = f.gep(self.scratch, TMP_OFF + 48)
             f.store(hand, addr)
@@ -1397,8 +1473,9 @@ class _SiteProgram(_Program):
         f.br(done)
         f.block(fine)
         self.capture_nodes = getattr(self, "capture_nodes", 0) + 1
-        if self.gen.defer and (self._leave_to_interpreter(entry) or (
-                self.capture_nodes > CAPTURE_NODES and entry.size <= FIX_DATA)):
+        if self.gen.defer and entry.size <= FIX_DATA and (self._leave_to_interpreter(entry) or (
+                self.capture_nodes > CAPTURE_NODES) or (isinstance(shape, V.Struct) and
+                self.capture_nodes + _flat_nodes(self.table, tid, CAPTURE_NODES) > CAPTURE_NODES)):
             # Collections with costly elements, channels and the like: in a snapshot the process is paused, so
             # goprobe's interpreter writes them from memory at once (the kernel code stays small to verify).
             self.defer(tid, p, entry.size, depth, f.load(self.posp, volatile=True))
@@ -1438,9 +1515,10 @@ class _SiteProgram(_Program):
             self.defer(tid, p, entry.size, depth, f.sub(f.load(self.posp, volatile=True), 0))
         elif isinstance(shape, V.TypeParam):
             self.type_param(shape, entry, p, level, depth)
-        else:  # Opaque
+        else:  # Opaque: its raw bytes (none for a degraded type)
             self.put((8, OK), (32, shape.size))
-            self.copy_local(p, shape.size)
+            if shape.size:
+                self.copy_local(p, shape.size)
         f.br(done)
         f.block(done)
 
@@ -1806,11 +1884,23 @@ class _SiteProgram(_Program):
         n = f.load(written, volatile=True)
         f.cbr(f.icmp("ult", n, self.limits.map_entries), room, full)
         f.block(room)
+        if shape.key_indirect:
+            key_addr = self._slot_pointer(key_addr)
+        if shape.elem_indirect:
+            elem_addr = self._slot_pointer(elem_addr)
         self.value_at(shape.key, key_addr, level + 1, depth)
         self.value_at(shape.elem, elem_addr, level + 1, depth)
         f.store(written, f.add(f.load(written, volatile=True), 1))
         f.br(full)
         f.block(full)
+
+    def _slot_pointer(self, addr: str) -> str:
+        """The pointer a map slot holds for a key or element stored indirectly (0, read as unreadable, when
+        the slot cannot be read)."""
+        f = self.fn
+        tmp = f.gep(self.scratch, TMP_OFF + 56)  # not live across an entry (the marks are at +32)
+        bad = self.read_user(tmp, 8, addr)
+        return f.select(bad, 0, f.load(tmp, volatile=True))
 
     def _swiss_group(self, shape: V.SwissMap, group: str, written: str, level: int, depth: int) -> None:
         f = self.fn
@@ -1824,9 +1914,11 @@ class _SiteProgram(_Program):
     def _classic_bucket(self, shape: V.ClassicMap, b: str, written: str, level: int, depth: int) -> None:
         f = self.fn
 
+        ks, es = V.slot_footprints(shape)
+
         def slot(i: str, t: str) -> tuple[str, str, str]:  # tophash 0..4: empty or evacuated
-            return (f.icmp("uge", t, 5), f.add(f.add(b, shape.keys_off), f.mul(i, shape.key_size)),
-                    f.add(f.add(b, shape.elems_off), f.mul(i, shape.elem_size)))
+            return (f.icmp("uge", t, 5), f.add(f.add(b, shape.keys_off), f.mul(i, ks)),
+                    f.add(f.add(b, shape.elems_off), f.mul(i, es)))
 
         self._eight_slots(shape, f.add(b, shape.tophash_off), slot, written, level, depth)
 
@@ -1980,6 +2072,29 @@ MAX_CANDIDATES = 64  # dynamic types dispatched per interface value
 DEFERRED_CANDIDATES = 4  # the same when other types can be left to the interpreter
 CAPTURE_NODES = 150  # snapshots: past this much code for one capture, the rest is left to the interpreter
 CHEAP_COUNT = 8  # snapshots: collections of more captured elements are left to the interpreter
+
+
+TOO_MUCH_CODE = ("the captured values need too much eBPF code; capture fewer or smaller values (e.g. a field "
+                 "instead of a whole struct), or lower pointer_depth")
+TOO_LARGE_VALUE = ("too much eBPF code to write this value in the kernel: capture a field of it instead (or "
+                   "lower pointer_depth)")
+ROOT_DROPPED = ("too complex for the eBPF program (its code exceeded BPF's stack limit); "
+                "take the snapshot with --backend interp to read it")
+
+
+def _flat_nodes(table: V.TypeTable, tid: int, limit: int) -> int:
+    """Shape nodes of *tid* with its nested structs and arrays spelled out and nothing followed (a pointer,
+    collection or interface counts one); counting stops past *limit*."""
+    total, todo = 0, [tid]
+    while todo and total <= limit:
+        sh = table[todo.pop()].shape
+        total += 1
+        if isinstance(sh, V.Struct):
+            todo.extend(fl.type for fl in sh.fields)
+        elif isinstance(sh, V.Array) and sh.length:
+            total += (sh.length - 1) * _flat_nodes(table, sh.elem, limit)
+            todo.append(sh.elem)
+    return total
 
 
 def _cost(table: V.TypeTable, tid: int, budget: int) -> int | None:

@@ -75,8 +75,8 @@ class EventSession:
         self.seen = self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen"))
         fds = G.MapFds(self.scratch.fd, self.events.fd, self.counters.fd, self.globals.fd, self.entries.fd,
                        self.seen.fd)
-        self.generated = G.generate(plan, fds, limits)
-        obj = BpfObject(compile_to_object(self.generated.ir, name=plan.probe or "events"), name="events")
+        self.generated, code = G.generate_and_compile(plan, fds, limits, plan.probe or "events")
+        obj = BpfObject(code, name="events")
         offsets_of: dict[int, list[int]] = {}
         for section, fname, index in self.generated.sections:
             pcs = plan.entry_pcs if index < 0 else (plan.sites[index].pc,)

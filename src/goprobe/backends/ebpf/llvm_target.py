@@ -36,6 +36,7 @@ HELPERS: dict[str, int] = {
     "ktime_get_ns": 5,
     "get_smp_processor_id": 8,
     "get_current_pid_tgid": 14,
+    "send_signal_thread": 117,
     "probe_read_user": 112,
     "probe_read_kernel": 113,
     "seq_write": 127,

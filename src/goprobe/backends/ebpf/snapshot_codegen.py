@@ -43,7 +43,8 @@ SLOT_GLO, SLOT_GHI = SLOT_PLAN_CFA + 8, SLOT_PLAN_CFA + 16  # the target address
 SLOT_SWLO, SLOT_SWHI = SLOT_GHI + 8, SLOT_GHI + 16  # the target addresses the stack copy holds
 SLOT_LAST, SLOT_KEEP_BP = SLOT_SWHI + 8, SLOT_SWHI + 16  # the frame is the last one; its rule keeps RBP
 SLOT_FIRST = SLOT_KEEP_BP + 8  # the allgs index of this program's first goroutine (its share)
-G_OFF = SLOT_FIRST + 8  # the g window: the goroutine's g, and the ones allocated right after it
+SLOT_LIVE = SLOT_FIRST + 8  # live goroutines this run has walked (its share of the plan's max_goroutines)
+G_OFF = SLOT_LIVE + 8  # the g window: the goroutine's g, and the ones allocated right after it
 # The runtime allocates g's one after the other (480 bytes apart on Go 1.27): one read of this many bytes
 # holds the g's of the next dozen goroutines. A read costs ~150 ns here whatever its size up to a few KiB.
 G_WINDOW = 1 << 13
@@ -62,7 +63,8 @@ PC_CACHE_BITS = 16  # the PC cache's slots: 2**16 entries of (pc, row)
 PC_CACHE_ENTRY = 8 + ROW.size
 PC_HASH = 0x9E3779B97F4A7C15 - (1 << 64)  # Fibonacci hashing (as a signed i64 constant for LLVM)
 
-GOROUTINE_HEADER = struct.Struct("<QQIIII")  # g address, goid, status, wait reason, frames, truncated
+# g address, goid, status, wait reason, frames, truncated, go statement's PC, creator's goid, waitsince, lockedm
+GOROUTINE_HEADER = struct.Struct("<QQIIIIQQQQ")
 FRAME_HEADER = struct.Struct("<QQI")  # pc, sp, plan set
 
 
@@ -76,15 +78,19 @@ class SnapshotMapFds:
     fixups: int  # ring buffer: values left to the interpreter (event_codegen.defer)
     # uprobe trigger: array of ARM_WORDS u64 (mmapable); [0] the armed run number, [1 + shard] the last run
     # done, [ARM_SLOTS + shard] how many goroutines that run found on a thread (running or in a system call),
-    # [ARM_TIDS + shard] the thread that runs it (when several threads share the goroutines)
+    # [ARM_TIDS + shard] the thread that runs it (when several threads share the goroutines); with either
+    # trigger, [ARM_SKIPPED + shard] the live goroutines that run left out past the plan's max_goroutines
     arm: int = -1
 
 
 TRIGGERS = ("uprobe", "iterator")
 SECTIONS = {"uprobe": "uprobe.s", "iterator": "iter/task"}
 ARM_SLOTS = 64
+MAX_SLOTS = 1 << 23  # allgs slots walked at most: bpf_loop's bound
+SIGURG = 23
 ARM_TIDS = 2 * ARM_SLOTS  # [ARM_TIDS + shard]: the thread that runs this program's share (workers > 1)
-ARM_WORDS = 3 * ARM_SLOTS
+ARM_SKIPPED = 3 * ARM_SLOTS  # [ARM_SKIPPED + shard]: live goroutines of its share left out past the limit
+ARM_WORDS = 4 * ARM_SLOTS
 G_RUNNING, G_SYSCALL = 2, 3
 
 
@@ -135,13 +141,15 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
 
 def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits,
              only: frozenset[int] | None = None, *, trigger: str = "uprobe", shard: int = 0,
-             worker: int = 0, workers: int = 1) -> GeneratedSnapshot:
+             worker: int = 0, workers: int = 1, root_modes: dict[str, str] | None = None) -> GeneratedSnapshot:
     """The program; with *only*, it captures in frames of those plans only (a request too large for one
     program is split into several, each verified on its own). *trigger*: see the module's docstring; a
     ``uprobe`` program runs only while ``arm[0]`` is non-zero and then stores it in ``arm[1 + shard]``.
     With *workers* > 1 (uprobe trigger) the goroutines are shared among that many threads stepped at once:
     this program walks share *worker* of ``allgs`` (whole batches of ALLGS_BATCH), and only on the thread
-    ``arm[ARM_TIDS + shard]``."""
+    ``arm[ARM_TIDS + shard]``. *root_modes*: capture functions (``capK_J``) whose code LLVM could not
+    generate, by how they are made small: ``"defer"`` (the interpreter writes the whole value in the pause)
+    or ``"drop"`` (unavailable, saying why)."""
     if workers > 1 and trigger != "uprobe":
         raise ValueError("only the uprobe trigger shares the goroutines among threads")
     if trigger not in TRIGGERS:
@@ -151,6 +159,7 @@ def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, l
     gen.trigger = trigger
     gen.shard = min(shard, ARM_SLOTS - 2)
     gen.worker, gen.workers = worker, workers
+    gen.root_modes = dict(root_modes or {})
     return gen.run(n_rows, plan_sets)
 
 
@@ -315,7 +324,10 @@ class _SnapshotProgram(_SiteProgram):
             f.store(f.gep(scratch, slot), 0)
         bad3 = self.read_user(tmp, 8, str(self.gen.plan.interfaces.types_field_addr))
         f.store(f.gep(scratch, SLOT_TYPES), f.select(bad3, 0, f.load(tmp)))
-        n = f.select(f.icmp("ugt", n, self.gen.plan.max_goroutines), self.gen.plan.max_goroutines, n)
+        # Every slot is looked at (dead goroutines stay in allgs); live ones past the limit are only counted.
+        n = f.select(f.icmp("ugt", n, MAX_SLOTS), MAX_SLOTS, n)
+        f.store(f.gep(scratch, SLOT_LIVE), 0)
+        f.store(f.gep(f.map_value(self.gen.maps.arm), 8 * (ARM_SKIPPED + self.gen.shard)), 0)
         first = 0
         if self.gen.workers > 1:
             # Share w of W: [n*w/W, n*(w+1)/W), both ends rounded down to whole batches of g pointers.
@@ -327,6 +339,11 @@ class _SnapshotProgram(_SiteProgram):
         f.store(f.gep(scratch, SLOT_FIRST), first)
         n32 = f.op(f"trunc i64 {n} to i32")
         f.helper("loop", f"i32 {n32}", "ptr @per_goroutine", f"ptr {state}", "i64 0")
+        if self.gen.trigger == "uprobe":
+            # The stepped thread stops again on this signal before it runs on: goprobe sees a
+            # signal-delivery stop and drops the signal; if goprobe is gone, Go's handler takes the SIGURG as
+            # a (spurious) preemption request, which the runtime tolerates.
+            f.helper("send_signal_thread", f"i32 {SIGURG}")
         f.br(out)
         f.block(out)
         f.ret("0")
@@ -369,14 +386,25 @@ class _SnapshotProgram(_SiteProgram):
         f.ret("0")
         f.block(nonzero)
         needed = max(gl.goid, gl.status, gl.sched_pc, gl.sched_sp, gl.sched_bp, gl.syscall_sp, gl.syscall_pc,
-                     gl.stack_lo, gl.stack_hi, gl.m, gl.waitreason) + 8
+                     gl.stack_lo, gl.stack_hi, gl.m, gl.waitreason, gl.gopc, gl.parent_goid, gl.waitsince,
+                     gl.lockedm) + 8
         needed = min(needed, gl.g_size, G_MAX)
         g = self.g_copy(gp, k, needed, skip)
         status = f.and_(f.load(f.gep(g, gl.status), 8 * gl.status_size), (1 << 32) - 1 - G_SCAN)
         dead = f.op(f"or i1 {f.icmp('eq', status, G_DEAD)}, {f.icmp('eq', status, 0)}")
-        walk = f.label("walk")
-        f.cbr(dead, skip, walk)
+        live, walk, over = f.label("live"), f.label("walk"), f.label("over_limit")
+        f.cbr(dead, skip, live)
+        f.block(live)
+        # Each worker may walk up to the whole limit: goprobe keeps the first max_goroutines in allgs order
+        # (a worker's share of allgs can hold most of the live goroutines).
+        walked = self.vload(SLOT_LIVE)
+        f.cbr(f.icmp("uge", walked, self.gen.plan.max_goroutines), over, walk)
+        f.block(over)
+        skipped = f.gep(f.map_value(self.gen.maps.arm), 8 * (ARM_SKIPPED + self.gen.shard))
+        f.store(skipped, f.add(f.load(skipped, volatile=True), 1))
+        f.ret("0")
         f.block(walk)
+        f.store(self.slot(SLOT_LIVE), f.add(walked, 1))
         if self.gen.trigger == "uprobe":
             # Goroutines on a thread are where their thread's registers say, not g.sched: goprobe unwinds them
             # itself, and only needs to look when this count is not zero.
@@ -404,6 +432,8 @@ class _SnapshotProgram(_SiteProgram):
         f.store(f.gep(head, 8), f.load(f.gep(g, gl.goid)))
         f.store(f.gep(head, 16), status, 32)
         f.store(f.gep(head, 20), f.load(f.gep(g, gl.waitreason), 8), 32)
+        for at, off in ((32, gl.gopc), (40, gl.parent_goid), (48, gl.waitsince), (56, gl.lockedm)):
+            f.store(f.gep(head, at), f.load(f.gep(g, off)))
         f.store(self.posp, GOROUTINE_HEADER.size)
         frames = self.gen.plan.max_frames
         f.helper("loop", f"i32 {frames}", "ptr @per_frame", "ptr %state", "i64 0")
@@ -508,12 +538,18 @@ class _SnapshotProgram(_SiteProgram):
         self._enter(fn, "%state")
         self.stack_copy = True
         f = self.fn
-        stop, go = f.label("stop"), f.label("frame")
+        stop, go, room, full = f.label("stop"), f.label("frame"), f.label("room"), f.label("record_full")
         pc = self.vload(SLOT_PC)
         ended = f.op(f"or i1 {f.icmp('ne', self.vload(SLOT_DONE), 0)}, {f.icmp('eq', pc, 0)}")
-        f.cbr(ended, stop, go)
+        f.cbr(ended, stop, room)
         f.block(stop)
         f.store(self.slot(SLOT_DONE), 1)
+        f.ret("1")
+        # A goroutine's record holds HALF bytes: a stack deeper than fits is cut here (SLOT_DONE stays 0: the
+        # record says "truncated"), never written past its end.
+        f.block(room)
+        f.cbr(f.icmp("uge", f.load(self.posp, volatile=True), G.BUDGET), full, go)
+        f.block(full)
         f.ret("1")
         f.block(go)
         sp, bp = self.vload(SLOT_SP), self.vload(SLOT_BP)
@@ -679,9 +715,11 @@ class _SnapshotProgram(_SiteProgram):
                 captures.append((name, self._last_subprogram))
                 self._enter(fn, state)
                 self.stack_copy = True
+                self.root_mode = self.gen.root_modes.get(name)
                 # PC and CFA come opaquely from scratch: what the verifier learns about the PC while choosing
                 # this capture's location range dies here instead of splitting the caller's paths.
                 self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
+                self.root_mode = None
                 self.fn.ret("0")
             name = f"plan{k}"
             fn = self._function(name, params, "i64", not alone)

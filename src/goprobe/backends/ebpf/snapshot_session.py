@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,6 +45,9 @@ def ring_size_for(goroutines: int, per_goroutine: int = 512) -> int:
 
 
 SHARD_CAPTURES = 60  # captures per program before a request is split (each part is verified on its own)
+# The task iterator's frame plans are not global functions (their reads need the task): the verifier walks
+# them once per path that reaches them, so its programs hold fewer.
+SHARD_CAPTURES_ITERATOR = 40
 WORKERS = 2  # threads that share the goroutines at most (one per CPU): each walks its share on a CPU
 
 # Functions that run only when the program is already failing: their code is where the trigger's uprobe goes.
@@ -53,45 +57,58 @@ COLD_FUNCTIONS = ("runtime.badctxt", "runtime.badmorestackg0", "runtime.badmores
 
 @attrs.frozen
 class Trigger:
-    """Where a stopped thread is stepped to run the snapshot program: the instruction's file (the target's
-    executable), its offset in that file, and its address in the process."""
+    """Where a stopped thread is sent to run the snapshot program: a ``ret`` instruction of the target's
+    executable (*path*, its offset in that file, its address in the process), and the address ranges of the
+    executable's Go code (*code*): only threads stopped there are used (see
+    :meth:`goprobe.process.ptrace._Tracer.step_many`)."""
 
     path: str
     file_offset: int
     address: int
+    code: tuple[tuple[int, int], ...] = ()
 
 
 def find_trigger(binary, path: str, bias: int) -> Trigger | None:
-    """A cold instruction of *binary* (a GoBinary) for the uprobe trigger, or None: a ``mov`` between
-    registers or of a constant, followed by another — the kernel executes it out of line (it emulates only
-    branches, pushes and nops), it touches no memory, and the step that runs it stops right after it."""
+    """A ``ret`` instruction in cold code of *binary* (a GoBinary) for the uprobe trigger, or None.
+
+    Why a ``ret``: a thread is sent there with the word below its stack pointer set to where it was stopped,
+    so the instruction itself takes it back; if goprobe and its uprobe vanish at any instant, the thread
+    still goes on exactly where it was (the kernel executes ``ret`` out of line; it touches only that word)."""
     if binary.arch != "amd64":
         return None
+    code = _go_code(binary, bias)
     for name in COLD_FUNCTIONS:
         try:
             fn = binary.function(name)
         except Exception:  # noqa: BLE001 - not in this binary or release: try the next one
             continue
         for lo, hi in sorted(fn.ranges):
-            insns = binary.code.instructions(lo, hi)
-            for (addr, _s, mnem, ops), (_a2, _s2, mnem2, ops2) in zip(insns, insns[1:]):
-                if _plain(mnem, ops) and _plain(mnem2, ops2):
+            for addr, size, mnem, ops in binary.code.instructions(lo, hi):
+                if mnem == "ret" and size == 1 and not ops:
                     try:
-                        return Trigger(path, vaddr_to_file_offset(path, addr), addr + bias)
+                        return Trigger(path, vaddr_to_file_offset(path, addr), addr + bias, code)
                     except Exception:  # noqa: BLE001 - no file mapping for it: no trigger
                         return None
     return None
 
 
-def _plain(mnem: str, ops: str) -> bool:
-    return mnem in ("mov", "sub", "add", "xor") and "[" not in ops and "rip" not in ops
+def _go_code(binary, bias: int) -> tuple[tuple[int, int], ...]:
+    """[runtime.text, runtime.etext) in the process: the Go code (cgo's C code, which may keep data below its
+    stack pointer, lies outside it)."""
+    lo, hi = binary.elf.symbol("runtime.text"), binary.elf.symbol("runtime.etext")
+    if lo is None or hi is None or hi.value <= lo.value:
+        return ()
+    return ((lo.value + bias, hi.value + bias),)
+
+
+_CAPTURE_FN = re.compile(r"in function (cap\d+_\d+)\b")
 
 
 class _Shard:
     """One program of a snapshot: it walks every goroutine and captures in the frames of its plans."""
 
     def __init__(self, owner: EbpfSnapshotter, plans: frozenset[int], glim, pid: int, ring_bytes: int,
-                 index: int, worker: int) -> None:
+                 index: int, worker: int, root_modes: dict[str, str] | None = None) -> None:
         own = owner._own
         self.plans = plans
         self.index = index
@@ -102,9 +119,24 @@ class _Shard:
         maps = S.SnapshotMapFds(scratch.fd, self.events.fd, owner.rows.fd, seen.fd, pc_cache.fd,
                                 self.fixup_ring.fd, owner.arm.fd)
         trigger = "uprobe" if owner.trigger is not None else "iterator"
-        self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans,
-                                    trigger=trigger, shard=self.index, worker=worker, workers=owner.workers)
-        obj = compile_to_object(self.generated.ir, name="snapshot")
+        # *root_modes*: captures made small from the start (see S.generate): found by another worker's program
+        # of the same plans, or all of a plan too large to verify even alone.
+        root_modes = dict(root_modes or {})
+        while True:
+            self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans,
+                                        trigger=trigger, shard=self.index, worker=worker, workers=owner.workers,
+                                        root_modes=root_modes)
+            try:
+                obj = compile_to_object(self.generated.ir, name="snapshot")
+                break
+            except CodegenError as exc:
+                # One capture whose code LLVM cannot fit (BPF's 512-byte stack) must not cost the others: it
+                # is left to the interpreter in the pause, or, failing that too, made unavailable.
+                m = _CAPTURE_FN.search(str(exc))
+                if m is None or root_modes.get(m.group(1)) == "drop":
+                    raise
+                root_modes[m.group(1)] = "drop" if m.group(1) in root_modes else "defer"
+        self.root_modes = root_modes
         if owner.trigger is not None:
             self.program = own(load_program(obj, S.SECTIONS["uprobe"], name="snapshot", entry="snapshot",
                                             sleepable=True))
@@ -158,13 +190,20 @@ class EbpfSnapshotter:
             ring = ring_size_for(goroutines_hint)
             self._indices = itertools.count()
             self._index_lock = threading.Lock()
-            groups = _groups(plan)
+            self.shard_captures = SHARD_CAPTURES if trigger is not None else SHARD_CAPTURES_ITERATOR
+            groups = _groups(plan, self.shard_captures)
             # Each program is compiled (in a child process) and verified (in the kernel) on its own: a request
             # split into several programs loads them side by side, one per CPU.
-            jobs = [(group, w) for w in range(self.workers) for group in groups]
-            with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-                loaded = list(pool.map(lambda job: self._load(job[0], glim, pid, ring, job[1]), jobs))
-            self.shards: list[_Shard] = [shard for part in loaded for shard in part]
+            # The first worker's programs find how the request must be split and made small (each verifier
+            # rejection costs seconds); the other workers' programs, the same but for their share, follow that.
+            cpus = os.cpu_count() or 1
+            with ThreadPoolExecutor(max_workers=max(1, min(len(groups), cpus))) as pool:
+                first = [sh for part in pool.map(lambda g: self._load(g, glim, pid, ring, 0), groups) for sh in part]
+            jobs = [(sh, w) for w in range(1, self.workers) for sh in first]
+            with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), cpus))) as pool:
+                rest = list(pool.map(lambda job: _Shard(self, job[0].plans, glim, pid, ring, self._next_index(),
+                                                        job[1], job[0].root_modes), jobs))
+            self.shards: list[_Shard] = first + rest
             # parts[i]: the programs capturing the same plans, one per worker (in allgs order of their shares)
             per_worker = [[sh for sh in self.shards if sh.worker == w] for w in range(self.workers)]
             if len({len(x) for x in per_worker}) != 1:
@@ -179,23 +218,32 @@ class EbpfSnapshotter:
                 tuple((8 * (S.ARM_TIDS + slot), shard.worker) for slot, shard in zip(slots, self.shards)),
                 thread_words=tuple(8 * (S.ARM_SLOTS + slot) for slot in slots),
                 pending_rings=tuple(shard.fixup_ring.fd for shard in self.shards), disarm=(0,),
-                words=self._arm_words)
+                code=() if trigger is None else trigger.code, words=self._arm_words)
             self.generated = self.shards[0].generated
             self.program = self.shards[0].program
         except BaseException:
             self.close()
             raise
 
+    def _next_index(self) -> int:
+        with self._index_lock:
+            return next(self._indices)
+
     def _load(self, plans: list[int], glim, pid: int, ring: int, worker: int) -> list[_Shard]:
         """Load a program for *plans*; if the verifier or LLVM finds it too large, split it in two."""
-        with self._index_lock:
-            index = next(self._indices)
+        index = self._next_index()
         try:
             return [_Shard(self, frozenset(plans), glim, pid, ring, index, worker)]
         except (VerifierError, CodegenError) as exc:
             too_big = isinstance(exc, CodegenError) or "too large" in str(exc) or "too complex" in str(exc)
-            if len(plans) <= 1 or not too_big:
+            if not too_big:
                 raise
+            if len(plans) <= 1:
+                # One frame plan whose captures the verifier cannot walk: the interpreter writes them in the
+                # pause, the program only hands it their roots.
+                every = {f"cap{k}_{j}": "defer" for k in plans
+                         for j in range(len(S._group(self.plan.frames[k].captures)))}
+                return [_Shard(self, frozenset(plans), glim, pid, ring, index, worker, every)]
             half = len(plans) // 2
             return (self._load(plans[:half], glim, pid, ring, worker)
                     + self._load(plans[half:], glim, pid, ring, worker))
@@ -284,7 +332,12 @@ class EbpfSnapshotter:
                   for i, (part, recs) in enumerate(zip(self.parts, records))]
         others = [{rec[0]: rec[5] for rec in part} for part in parsed[1:]]
         out = []
-        for gp, goid, status, wait, truncated, frames in parsed[0]:
+        # Workers walk up to the limit each: the first max_goroutines live ones in allgs order are kept.
+        limit, over = plan.max_goroutines, 0
+        for n, (gp, goid, status, wait, truncated, frames, extras) in enumerate(parsed[0]):
+            if n >= limit:
+                over += 1
+                continue
             if gp in running:
                 rg = running[gp]
             else:
@@ -300,12 +353,18 @@ class EbpfSnapshotter:
                     else:
                         ordered = hits.values()  # made in plan-set (rank) order
                     merged.append(RawFrame(pc, sp, False, tuple((fn, inl, caps) for fn, inl, caps, _r in ordered)))
-                rg = RawGoroutine(goid, status, wait, None, tuple(merged), bool(truncated))
+                rg = RawGoroutine(goid, status, wait, None, tuple(merged), bool(truncated), *extras)
             if plan.goroutine_filter is not None and not any(
                     lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in plan.goroutine_filter):
                 continue
             out.append(rg)
-        return RawSnapshot(tuple(out), tuple(errors))
+        return RawSnapshot(tuple(out), tuple(errors), self.skipped() + over)
+
+    def skipped(self) -> int:
+        """Live goroutines the last run left out past the plan's limit (each worker's share of the first part:
+        every part walks the same goroutines)."""
+        return sum(struct.unpack_from("<Q", self._arm_words, 8 * (S.ARM_SKIPPED + min(sh.index, S.ARM_SLOTS - 2)))[0]
+                   for sh in self.parts[0])
 
     def _parse(self, shard: _Shard, records: list[bytes], fixups, errors: list[str]):
         """(gp, goid, status, wait reason, truncated, frames) per record; frames are (pc, sp, {plan index:
@@ -329,7 +388,7 @@ class EbpfSnapshotter:
         reasons = gen.reasons
         for raw in records:
             try:
-                gp, goid, status, wait, nframes, truncated = S.GOROUTINE_HEADER.unpack_from(raw, 0)
+                gp, goid, status, wait, nframes, truncated, *extras = S.GOROUTINE_HEADER.unpack_from(raw, 0)
             except struct.error:
                 errors.append("a truncated goroutine record")
                 continue
@@ -337,16 +396,23 @@ class EbpfSnapshotter:
                 raw = _splice(raw, fixups[gp])
             pos = S.GOROUTINE_HEADER.size
             frames = []
-            for _ in range(nframes):
-                pc, sp, planset = S.FRAME_HEADER.unpack_from(raw, pos)
-                pos += S.FRAME_HEADER.size
-                hits = {}
-                entries = layouts.get(planset)
-                for rank, k, function, inlined, slots in (layout(planset) if entries is None else entries):
-                    caps, pos = _captures(raw, pos, slots, reasons) if slots is not None else ((), pos)
-                    hits[k] = (function, inlined, caps, rank)
-                frames.append((pc, sp, hits))
-            out.append((gp, goid, status, wait, truncated, frames))
+            try:
+                for _ in range(nframes):
+                    pc, sp, planset = S.FRAME_HEADER.unpack_from(raw, pos)
+                    pos += S.FRAME_HEADER.size
+                    hits = {}
+                    entries = layouts.get(planset)
+                    for rank, k, function, inlined, slots in (layout(planset) if entries is None else entries):
+                        caps, pos = _captures(raw, pos, slots, reasons) if slots is not None else ((), pos)
+                        hits[k] = (function, inlined, caps, rank)
+                    frames.append((pc, sp, hits))
+            except struct.error:
+                # The program never writes past its record; should a record still end early, the frames read
+                # so far are kept and the goroutine says it was cut.
+                errors.append(f"goroutine {goid}: its record ended after {len(frames)} of {nframes} frames")
+                truncated = 1
+            gopc, parent, since, lockedm = extras
+            out.append((gp, goid, status, wait, truncated, frames, (gopc, parent, since, lockedm != 0)))
         return out
 
     def close(self) -> None:
@@ -364,14 +430,14 @@ class EbpfSnapshotter:
         self.close()
 
 
-def _groups(plan: SnapshotPlan) -> list[list[int]]:
-    """Frame plans with captures in groups of about SHARD_CAPTURES captures (one program each)."""
+def _groups(plan: SnapshotPlan, size: int = SHARD_CAPTURES) -> list[list[int]]:
+    """Frame plans with captures in groups of about *size* captures (one program each)."""
     groups: list[list[int]] = [[]]
     count = 0
     for k, fp in enumerate(plan.frames):
         if not fp.captures:
             continue
-        if groups[-1] and count + len(fp.captures) > SHARD_CAPTURES:
+        if groups[-1] and count + len(fp.captures) > size:
             groups.append([])
             count = 0
         groups[-1].append(k)

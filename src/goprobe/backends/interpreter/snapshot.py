@@ -31,6 +31,7 @@ _REG_NAMES = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rb
               10: "r10", 11: "r11", 12: "r12", 13: "r13", 14: "r14", 15: "r15", 16: "rip"}
 
 _PREFETCH_STACK = 256 * 1024  # larger used stacks are read page by page as frames need them
+MAX_STACK = 64 << 20  # a stacks-only copy keeps this much of a goroutine's stack (its innermost part)
 
 
 
@@ -58,12 +59,21 @@ class RawGoroutine:
     tid: int | None
     frames: tuple[RawFrame, ...]
     truncated: bool
+    gopc: int = 0  # the go statement that created it
+    parent_goid: int = 0
+    waitsince: int = 0  # nanotime; 0: not known
+    locked: bool = False  # locked to its thread (runtime.LockOSThread)
 
 
 @attrs.frozen(slots=True)
 class RawSnapshot:
     goroutines: tuple[RawGoroutine, ...]
     errors: tuple[str, ...]
+    skipped: int = 0  # live goroutines left out past the plan's max_goroutines
+
+
+MAX_SLOTS = 1 << 23  # allgs slots looked at, at most (bpf_loop's bound too)
+_SLOT_CHUNK = 4096  # allgs slots whose g's are read in one batch
 
 
 class PlanIndex:
@@ -80,6 +90,8 @@ class SnapshotInterpreter:
     def __init__(self, plan: SnapshotPlan, memory, threads: Sequence, limits, index: PlanIndex | None = None) -> None:
         self.plan = plan
         self.mem = PageCache(memory)
+        self.skipped = 0  # live goroutines past the plan's max_goroutines (counted by load)
+        self.load_errors: list[str] = []
         self._pcs: dict[int, tuple] = {}
         index = index or PlanIndex(plan)
         self._scalars = index.scalars
@@ -91,24 +103,26 @@ class SnapshotInterpreter:
         self._stop_starts = index.stop_starts
         self._frame_plans = index.frame_plans
 
-    def load(self) -> tuple[list[int], list[bytes | None], dict[int, object]] | str:
-        """Read the goroutine list, every g and every goroutine's used stack, in a few batched reads.
+    def load(self, whole_stacks: bool = False) -> tuple[list[int], list[bytes | None], dict[int, object]] | str:
+        """Read the goroutine list, every g and every goroutine's used stack, in a few batched reads (stacks
+        over _PREFETCH_STACK are read page by page as frames need them, unless *whole_stacks*: a copy made for
+        unwinding after the process resumes must hold them whole).
 
         Returns (g addresses, g structures, g → thread), or the reason the list cannot be read.
         """
+        limit = MAX_STACK if whole_stacks else _PREFETCH_STACK
         gl = self.plan.goroutines
         raw = self.mem.read(gl.allglen, 8)
         hdr = self.mem.read(gl.allgs, 8)
         if raw is None or hdr is None:
             return "cannot read the goroutine list (runtime.allgs)"
-        n = min(_U64.unpack(raw)[0], self.plan.max_goroutines)
-        arr = self.mem.read(_U64.unpack(hdr)[0], 8 * n) if n else b""
-        if arr is None:
+        # Every slot is looked at: dead goroutines stay in allgs, and the cap counts live ones only.
+        n = min(_U64.unpack(raw)[0], MAX_SLOTS)
+        base = _U64.unpack(hdr)[0]
+        if n and self.mem.read(base, 8) is None:
             return "cannot read the goroutine list (runtime.allgs)"
         by_thread = self._thread_goroutines()
-        gps = [gp for (gp,) in struct.iter_unpack("<Q", arr) if gp]
-        self.mem.prefetch((gp, gl.g_size) for gp in gps)  # every g in one batch
-        gs = [self.mem.read(gp, gl.g_size) for gp in gps]
+        gps, gs = self._live_goroutines(base, n)
         # Each goroutine's used stack, in one more batch: its frames are read from there.
         spans = []
         for gp, g in zip(gps, gs):
@@ -120,10 +134,57 @@ class SnapshotInterpreter:
             if thread is not None:
                 sps.append(thread.regs.get("rsp", 0))
             for sp in sps:
-                if 0 < sp < hi and hi - sp <= _PREFETCH_STACK:
-                    spans.append((sp, hi - sp))
+                if 0 < sp < hi:
+                    spans.append((max(sp, hi - limit), min(hi - sp, limit)))
         self.mem.prefetch(spans)
         return gps, gs, by_thread
+
+    def _live_goroutines(self, base: int, n: int) -> tuple[list[int], list[bytes]]:
+        """The first max_goroutines live goroutines of the *n* slots of allgs at *base* and their g's; the
+        live ones past that are counted in ``self.skipped`` from their status word alone. Chunk by chunk, so
+        that a huge allgs (or a corrupt allglen) costs neither memory nor more than the pause budget."""
+        gl = self.plan.goroutines
+        cap = self.plan.max_goroutines
+        budget = getattr(self.limits, "pause_ms", None)
+        deadline = time.monotonic() + budget / 1000 if budget else None
+        gps: list[int] = []
+        gs: list[bytes] = []
+
+        def live(g: bytes | None, at: int = 0) -> bool:
+            if g is None:
+                return False
+            status = int.from_bytes(g[at:at + gl.status_size], "little") & ~G_SCAN
+            return status not in (G_DEAD, 0)
+
+        step = min(_SLOT_CHUNK, max(256, cap))  # small limits look at small chunks between clock checks
+        for start in range(0, n, step):
+            # Through the page cache, like every read here: a stacks-only copy must hold what a second pass
+            # over it reads.
+            arr = self.mem.read(base + 8 * start, 8 * min(step, n - start))
+            if arr is None:
+                self.load_errors.append(f"the goroutine list (runtime.allgs) is readable only up to slot {start}")
+                break
+            chunk = [gp for (gp,) in struct.iter_unpack("<Q", arr) if gp]
+            if len(gps) < cap:
+                self.mem.prefetch((gp, gl.g_size) for gp in chunk)
+                for gp in chunk:
+                    g = self.mem.read(gp, gl.g_size)
+                    if not live(g, gl.status):
+                        continue
+                    if len(gps) < cap:
+                        gps.append(gp)
+                        gs.append(g)
+                    else:
+                        self.skipped += 1
+            else:  # past the limit: the status words only
+                self.mem.prefetch((gp + gl.status, gl.status_size) for gp in chunk)
+                self.skipped += sum(live(self.mem.read(gp + gl.status, gl.status_size)) for gp in chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                self.load_errors.append(
+                    f"pause limit of {budget} ms reached while looking at the goroutine list ({start + step} "
+                    f"of {n} slots): the process was resumed; raise limits.pause_ms")
+                break
+        return gps, gs
 
     def run(self) -> RawSnapshot:
         gl = self.plan.goroutines
@@ -132,7 +193,7 @@ class SnapshotInterpreter:
             return RawSnapshot((), (loaded,))
         gps, gs, by_thread = loaded
         out = []
-        errors = []
+        errors = list(self.load_errors)
         budget = getattr(self.limits, "pause_ms", None)
         deadline = time.monotonic() + budget / 1000 if budget else None
         for i, (gp, g) in enumerate(zip(gps, gs)):
@@ -140,17 +201,13 @@ class SnapshotInterpreter:
                 errors.append(f"pause limit of {budget} ms reached after {i} of {len(gps)} goroutines: the process "
                               "was resumed; raise limits.pause_ms or capture less")
                 break
-            if g is None:
-                continue
             status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
-            if status in (G_DEAD, 0):
-                continue
             rg = self._goroutine(gp, g, status, by_thread)
             if self.plan.goroutine_filter is not None and not any(
                     lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in self.plan.goroutine_filter):
                 continue
             out.append(rg)
-        return RawSnapshot(tuple(out), tuple(errors))
+        return RawSnapshot(tuple(out), tuple(errors), self.skipped)
 
     # -- goroutines -------------------------------------------------------------------------------------
     def _thread_goroutines(self) -> dict[int, object]:
@@ -179,7 +236,7 @@ class SnapshotInterpreter:
             pc, sp, bp = u64(gl.sched_pc), u64(gl.sched_sp), u64(gl.sched_bp)
         frames, truncated = self._unwind(pc, sp, bp, regs)
         tid = thread.tid if thread is not None else None
-        return RawGoroutine(goid, status, g[gl.waitreason], tid, tuple(frames), truncated)
+        return RawGoroutine(goid, status, g[gl.waitreason], tid, tuple(frames), truncated, *gl.extras(g))
 
     def _pc_info(self, pc: int) -> tuple:
         """Per-PC facts, memoised for the run: (CFA register, CFA offset) or None, whether unwinding stops
@@ -224,8 +281,8 @@ class SnapshotInterpreter:
             if stop or cfa is None:
                 return frames, False
             ret = read(cfa - 8, 8)
-            if ret is None:
-                return frames, False
+            if ret is None:  # the stack ends in memory that cannot be read: what follows is unknown
+                return frames, True
             pc = _U64.unpack(ret)[0]
             if rule[0] != RSP:
                 # Only a BP-based CFA needs the caller's BP (saved just below the return address); Go's CFI is
@@ -389,7 +446,7 @@ def copy_stacks(plan: SnapshotPlan, memory, threads: Sequence, limits) -> PageCa
     keeps the pause to a few batched reads. Only for plans without captures: values need the live heap.
     """
     interp = SnapshotInterpreter(plan, memory, threads, limits)
-    interp.load()
+    interp.load(whole_stacks=True)
     interp.mem.freeze()
     return interp.mem
 

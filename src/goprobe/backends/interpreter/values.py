@@ -23,6 +23,7 @@ NO_PAYLOAD = 0xFFFFFFFF  # a string/slice whose payload could not be read
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
+_ADDR_MASK = (1 << 64) - 1
 
 MAX_BUCKETS = 1 << 16  # bound on bucket/group visits per map
 MAX_CHAIN = 1 << 10  # bound on overflow chains and wait queues
@@ -77,7 +78,12 @@ class ValueEncoder:
         entry = self.table[tid]
         if self._over_budget():
             return
-        data = self.mem.read(addr, entry.size) if entry.size else b""
+        # Addresses computed from what the target holds (a channel buffer plus an index, a pointer plus a
+        # field offset) wrap around as the machine's would: a garbage header must not raise here.
+        addr &= _ADDR_MASK
+        shape = entry.shape
+        size = shape.size if isinstance(shape, V.Opaque) else entry.size  # a degraded type reads nothing
+        data = self.mem.read(addr, size) if size else b""
         if data is None:
             self.out.append(UNREADABLE)
             self.out += _U64.pack(addr)
@@ -143,8 +149,9 @@ class ValueEncoder:
             tid = self._type_argument(shape, len(data))
             out += struct.pack("<I", UNKNOWN_TYPE if tid is None else tid)
             self.value_from_bytes(shape.shape if tid is None else tid, data, depth)
-        else:  # Opaque: raw bytes
-            out += struct.pack("<I", len(data)) + data
+        else:  # Opaque: its raw bytes (none for a degraded type)
+            raw = data[:shape.size]
+            out += struct.pack("<I", len(raw)) + raw
 
     # -- kinds ------------------------------------------------------------------------------------------
     def _over_budget(self) -> bool:
@@ -344,7 +351,7 @@ class ValueEncoder:
                     if ctrl[slot] & 0x80:  # empty or deleted
                         continue
                     s = addr + shape.slots_off + slot * shape.slot_size
-                    yield s + shape.key_off, s + shape.elem_off
+                    yield self._slot_addrs(shape, s + shape.key_off, s + shape.elem_off)
 
     def _classic_slots(self, shape: V.ClassicMap, h: int, hdr: bytes):
         B = hdr[shape.b_off]
@@ -366,11 +373,23 @@ class ValueEncoder:
                     raw = self.mem.read(b, shape.bucket_size)
                     if raw is None:
                         break
+                    ks, es = V.slot_footprints(shape)
                     for slot in range(8):
                         if raw[shape.tophash_off + slot] >= 5:
-                            yield (b + shape.keys_off + slot * shape.key_size,
-                                   b + shape.elems_off + slot * shape.elem_size)
+                            yield self._slot_addrs(shape, b + shape.keys_off + slot * ks,
+                                                   b + shape.elems_off + slot * es)
                     b = _U64.unpack_from(raw, shape.overflow_off)[0]
+
+    def _slot_addrs(self, shape: V.SwissMap | V.ClassicMap, key: int, elem: int) -> tuple[int, int]:
+        """Where a slot's key and element are: behind the slot's pointer when stored indirectly (0, which
+        reads as unreadable, when that pointer cannot be read)."""
+        if shape.key_indirect:
+            raw = self.mem.read(key, 8)
+            key = 0 if raw is None else _U64.unpack(raw)[0]
+        if shape.elem_indirect:
+            raw = self.mem.read(elem, 8)
+            elem = 0 if raw is None else _U64.unpack(raw)[0]
+        return key, elem
 
     def _map(self, shape: V.SwissMap | V.ClassicMap, m: int, depth: int) -> None:
         out = self.out
