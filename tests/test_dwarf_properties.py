@@ -10,7 +10,7 @@ import struct
 
 import attrs
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from goprobe.dwarf import expressions as E
@@ -140,6 +140,7 @@ def test_empty_expression_is_unavailable():
 
 
 @given(st.binary(max_size=40))
+@example(b"p\x00p\x00\"")  # DW_OP_breg0 0; DW_OP_breg0 0; DW_OP_plus: two locations added (was a TypeError)
 def test_arbitrary_expression_bytes_never_crash(data):
     try:
         loc = E.decode_location(data)

@@ -190,7 +190,9 @@ _CONST_FORMATS = {
 }
 
 
-def _add(a: object, v: int) -> object:
+def _add(a: object, v: object) -> object:
+    if not isinstance(v, int):  # DW_OP_plus of two locations (two registers, say): no single address
+        raise DwarfFormatError("DW_OP_plus of two locations")
     if isinstance(a, _Deref):
         return _Deref(a.inner, a.offset + v)
     if isinstance(a, _Cfa):
