@@ -190,3 +190,38 @@ def test_target_killed_during_the_snapshot_gives_a_clear_error(newest_version):
         err = child.stderr.read()
     assert child.returncode == 1
     assert "Traceback" not in err and "goprobe: error:" in err
+
+
+@pytest.mark.parametrize("backend", ["interp", "ebpf"])
+def test_pause_limit_bounds_the_reading_of_one_large_value(newest_version, backend):
+    """limits.pause_ms bounds the pause even inside one value (a 300k-entry map): the process is resumed at
+    the limit, the map keeps the entries read so far, marked truncated, and the errors say why."""
+    from ebpf_support import REASON
+
+    from goprobe.request import Limits
+    from goprobe.snapshot import take_snapshot
+
+    if backend == "ebpf" and REASON is not None:
+        pytest.skip(REASON)
+    n = 300_000
+    binary = build_fixture("goroutines", newest_version, "opt")
+    big = dict(map_entries=10 ** 6, total_output_bytes=1 << 30, collection_bytes=1 << 30)
+
+    def take(pause_ms):
+        proc = take_snapshot([target.pid], {"main.holdMap": ["m"]}, backend=backend,
+                             limits=Limits(pause_ms=pause_ms, **big))["processes"][0]
+        frames = [f for g in proc["goroutines"] for f in g["frames"] if f["function"] == "main.holdMap"]
+        assert len(frames) == 1
+        return proc, frames[0]["variables"]["m"]
+
+    with running(binary, ["-bigmap", str(n)]) as target:
+        whole, whole_map = take(60_000)
+        cut, cut_map = take(30)
+        _assert_free(target.pid)
+    assert not whole.get("errors") and whole_map["@len"] == n and len(whole_map["@entries"]) == n
+    assert any("pause limit of 30 ms" in e for e in cut["errors"])
+    assert cut_map["@len"] == n and cut_map.get("@truncated") and len(cut_map["@entries"]) < n
+    for k, v in whole_map["@entries"] + cut_map["@entries"]:  # the program's own rule: m[i] = "v" + i
+        assert v == f"v{k}"
+    # Side by side in one run: the limited pause is a fraction of the whole read's.
+    assert cut["pause_ns"] * 4 < whole["pause_ns"], (cut["pause_ns"], whole["pause_ns"])

@@ -256,11 +256,12 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
     with _no_gc():  # in the pause a collection would lengthen it
         with EbpfSnapshotter(plan, pid, req.limits, goroutines_hint=hint, trigger=trigger) as snapper:
             def while_paused(paused):
+                deadline = time.monotonic() + req.limits.pause_ms / 1000
                 # The goroutines on a thread (if the program met any) are unwound by the interpreter from their
                 # thread's registers.
                 running = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
                                                                          req.limits, index)) or {}
-                return running, snapper.resolve_fixups(paused.memory, req.limits)
+                return running, snapper.resolve_fixups(paused.memory, req.limits, deadline)
 
             if snapper.trigger is not None:
                 # A stepped thread must get its registers back even if goprobe is killed meanwhile: the pause

@@ -162,6 +162,7 @@ class EbpfSnapshotter:
         self.trigger = trigger
         self.workers = 1 if trigger is None else max(1, workers or min(WORKERS, os.cpu_count() or 1))
         self._runs = 0
+        self.fixup_errors: list[str] = []  # set by resolve_fixups
         self._armed = False
         self._closables: list = []
         try:
@@ -295,15 +296,22 @@ class EbpfSnapshotter:
         allgs order."""
         return [[rec for shard in part for rec in shard.ring.consume()] for part in self.parts]
 
-    def resolve_fixups(self, memory, limits) -> list[dict[int, list[tuple[int, int, bytes]]]]:
+    def resolve_fixups(self, memory, limits, deadline: float | None = None
+                       ) -> list[dict[int, list[tuple[int, int, bytes]]]]:
         """While the process is still paused: encode the values the programs left to the interpreter
         (interfaces of types they do not decode, maps, channels, type parameters...) from the process's
-        memory. Per program and g address: (capture length position, marker position, encoded bytes)."""
+        memory. Per program and g address: (capture length position, marker position, encoded bytes).
+
+        Past *deadline* (``time.monotonic()``, the pause limit) the values left are cut (``@truncated``) and
+        the snapshot's errors say so."""
+        self.fixup_errors = []
         if not any(shard.fixup_reader.pending() for shard in self.shards):
             return [{} for _ in self.parts]  # the common case, decided without setting anything up
+        from goprobe.backends.interpreter.page_cache import PageCache
         from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 
         rt = RuntimeTypeInfo(self.plan.interfaces)
+        memory = PageCache(memory)  # values cluster on few pages: batched page reads, not a system call each
         result = []
         for part in self.parts:
             out: dict[int, list[tuple[int, int, bytes]]] = {}
@@ -311,7 +319,7 @@ class EbpfSnapshotter:
                 gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
                 if tid >= len(self.plan.types.entries):
                     continue
-                enc = ValueEncoder(self.plan.types, memory, limits, rt)
+                enc = ValueEncoder(self.plan.types, memory, limits, rt, deadline)
                 enc.dictionary = dictionary
                 enc.begin_value()
                 if size == G.BY_ADDRESS:
@@ -319,6 +327,11 @@ class EbpfSnapshotter:
                 else:
                     enc.value_from_bytes(tid, data[:size], depth)
                 out.setdefault(gp, []).append((caplen, marker, bytes(enc.out)))
+                if enc.timed_out and not self.fixup_errors:
+                    self.fixup_errors.append(
+                        f"pause limit of {limits.pause_ms} ms reached while reading the values that the kernel "
+                        "program left to goprobe (maps, interfaces...): those from there on are cut (@truncated) "
+                        "and the process was resumed; raise limits.pause_ms or capture less")
             result.append(out)
         return result
 
@@ -327,7 +340,7 @@ class EbpfSnapshotter:
         """Records → the interpreter's raw snapshot; *running* replaces goroutines that were on a thread
         (their registers, not ``g.sched``, tell where they are: the interpreter unwinds those)."""
         plan = self.plan
-        errors: list[str] = []
+        errors: list[str] = list(self.fixup_errors)
         parsed = [self._parse(part[0], recs, (fixups or [{}] * len(self.parts))[i], errors)
                   for i, (part, recs) in enumerate(zip(self.parts, records))]
         others = [{rec[0]: rec[5] for rec in part} for part in parsed[1:]]

@@ -103,6 +103,11 @@ def _lookup(enc: ValueEncoder, st: _State, step: A.MapLookupStep) -> _State:
     for key_addr, elem_addr in enc.map_slots(shape, m, hdr):
         if _key_matches(enc, key_addr, step):
             return _State(elem_addr)
+    if enc.timed_out:
+        raise PathError(f"key {step.key!r} not found before the pause limit was reached; raise limits.pause_ms")
+    if enc.scan_cut:
+        raise PathError(f"key {step.key!r} not found in the part of the map that was searched (the map is too "
+                        "large to search whole)")
     raise PathError(f"key {step.key!r} is not in the map")
 
 

@@ -97,6 +97,12 @@ class SnapshotInterpreter:
         self._scalars = index.scalars
         self.threads = {t.tid: t for t in threads}
         self.limits = limits
+        # One clock for the whole pause (this object is made once the process is stopped): every loop that
+        # can run long checks it, so limits.pause_ms bounds the pause itself, not one stage of it.
+        budget = getattr(limits, "pause_ms", None)
+        self.budget_ms = budget
+        self.deadline = time.monotonic() + budget / 1000 if budget else None
+        self.timed_out_in_values = False
         self.rt = RuntimeTypeInfo(plan.interfaces)
         self._dictionary = 0  # of the frame being captured
         self._unwind_starts = index.unwind_starts
@@ -123,21 +129,25 @@ class SnapshotInterpreter:
             return "cannot read the goroutine list (runtime.allgs)"
         by_thread = self._thread_goroutines()
         gps, gs = self._live_goroutines(base, n)
-        # Each goroutine's used stack, in one more batch: its frames are read from there.
-        spans = []
-        for gp, g in zip(gps, gs):
-            if g is None:
-                continue
-            hi = _U64.unpack_from(g, gl.stack_hi)[0]
-            sps = [_U64.unpack_from(g, gl.sched_sp)[0], _U64.unpack_from(g, gl.syscall_sp)[0]]
-            thread = by_thread.get(gp)
-            if thread is not None:
-                sps.append(thread.regs.get("rsp", 0))
-            for sp in sps:
-                if 0 < sp < hi:
-                    spans.append((max(sp, hi - limit), min(hi - sp, limit)))
-        self.mem.prefetch(spans)
+        # Each goroutine's used stack, in a few more batches: its frames are read from there.
+        for start in range(0, len(gps), _SLOT_CHUNK):
+            if self.out_of_time():  # what is not prefetched is read on demand, if the budget allows
+                break
+            spans = []
+            for gp, g in zip(gps[start:start + _SLOT_CHUNK], gs[start:start + _SLOT_CHUNK]):
+                hi = _U64.unpack_from(g, gl.stack_hi)[0]
+                sps = [_U64.unpack_from(g, gl.sched_sp)[0], _U64.unpack_from(g, gl.syscall_sp)[0]]
+                thread = by_thread.get(gp)
+                if thread is not None:
+                    sps.append(thread.regs.get("rsp", 0))
+                for sp in sps:
+                    if 0 < sp < hi:
+                        spans.append((max(sp, hi - limit), min(hi - sp, limit)))
+            self.mem.prefetch(spans)
         return gps, gs, by_thread
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
 
     def _live_goroutines(self, base: int, n: int) -> tuple[list[int], list[bytes]]:
         """The first max_goroutines live goroutines of the *n* slots of allgs at *base* and their g's; the
@@ -145,8 +155,6 @@ class SnapshotInterpreter:
         that a huge allgs (or a corrupt allglen) costs neither memory nor more than the pause budget."""
         gl = self.plan.goroutines
         cap = self.plan.max_goroutines
-        budget = getattr(self.limits, "pause_ms", None)
-        deadline = time.monotonic() + budget / 1000 if budget else None
         gps: list[int] = []
         gs: list[bytes] = []
 
@@ -179,9 +187,9 @@ class SnapshotInterpreter:
             else:  # past the limit: the status words only
                 self.mem.prefetch((gp + gl.status, gl.status_size) for gp in chunk)
                 self.skipped += sum(live(self.mem.read(gp + gl.status, gl.status_size)) for gp in chunk)
-            if deadline is not None and time.monotonic() > deadline:
+            if self.out_of_time():
                 self.load_errors.append(
-                    f"pause limit of {budget} ms reached while looking at the goroutine list ({start + step} "
+                    f"pause limit of {self.budget_ms} ms reached while looking at the goroutine list ({start + step} "
                     f"of {n} slots): the process was resumed; raise limits.pause_ms")
                 break
         return gps, gs
@@ -194,12 +202,11 @@ class SnapshotInterpreter:
         gps, gs, by_thread = loaded
         out = []
         errors = list(self.load_errors)
-        budget = getattr(self.limits, "pause_ms", None)
-        deadline = time.monotonic() + budget / 1000 if budget else None
         for i, (gp, g) in enumerate(zip(gps, gs)):
-            if deadline is not None and time.monotonic() > deadline:
-                errors.append(f"pause limit of {budget} ms reached after {i} of {len(gps)} goroutines: the process "
-                              "was resumed; raise limits.pause_ms or capture less")
+            if self.out_of_time():
+                if not self.timed_out_in_values:
+                    errors.append(f"pause limit of {self.budget_ms} ms reached after {i} of {len(gps)} goroutines: "
+                                  "the process was resumed; raise limits.pause_ms or capture less")
                 break
             status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
             rg = self._goroutine(gp, g, status, by_thread)
@@ -207,6 +214,11 @@ class SnapshotInterpreter:
                     lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in self.plan.goroutine_filter):
                 continue
             out.append(rg)
+            if self.timed_out_in_values:
+                errors.append(f"pause limit of {self.budget_ms} ms reached while capturing the values of goroutine "
+                              f"{rg.goid} ({i + 1} of {len(gps)} goroutines): the values from there on are cut "
+                              "(@truncated) and the process was resumed; raise limits.pause_ms or capture less")
+                break
         return RawSnapshot(tuple(out), tuple(errors), self.skipped)
 
     # -- goroutines -------------------------------------------------------------------------------------
@@ -358,7 +370,7 @@ class SnapshotInterpreter:
 
     def _finish(self, cap, *, addr: int | None = None, data: bytes | None = None) -> RawCapture:
         """Follow the capture's access path from its root, then encode the result."""
-        enc = ValueEncoder(self.plan.types, self.mem, self.limits, self.rt)
+        enc = ValueEncoder(self.plan.types, self.mem, self.limits, self.rt, self.deadline)
         enc.dictionary = self._dictionary
         enc.begin_value()
         if cap.path is not None and cap.path.steps:
@@ -372,6 +384,7 @@ class SnapshotInterpreter:
             enc.value_from_bytes(cap.type, data[:size].ljust(size, b"\0"))
         else:
             enc.value_at(cap.type, addr)
+        self.timed_out_in_values |= enc.timed_out
         return RawCapture(cap.label, cap.type, bytes(enc.out))
 
     def _piece(self, p: E.Piece, size: int, cfa: int | None, regs) -> tuple[bytes | None, str]:

@@ -7,6 +7,7 @@ same type table. Every read is bounded by the limits; unreadable memory becomes 
 from __future__ import annotations
 
 import struct
+import time
 from typing import Protocol
 
 from goprobe.ir import values as V
@@ -59,7 +60,10 @@ class RuntimeTypeInfo:
 
 
 class ValueEncoder:
-    def __init__(self, table: V.TypeTable, memory: Memory, limits: Limits, rt: RuntimeTypeInfo) -> None:
+    def __init__(self, table: V.TypeTable, memory: Memory, limits: Limits, rt: RuntimeTypeInfo,
+                 deadline: float | None = None) -> None:
+        """*deadline* (``time.monotonic()``): past it, values are cut as if the output budget ran out and
+        ``timed_out`` is set, so that a process paused for this encoding is not kept stopped longer."""
         self.table = table
         self.mem = memory
         self.limits = limits
@@ -68,6 +72,10 @@ class ValueEncoder:
         self._seen: dict[int, int] = {}
         self.dictionary = 0  # the current frame's generic dictionary (``.dict``), 0 if none or unreadable
         self._nest = 0
+        self.deadline = deadline
+        self.timed_out = False
+        self._ticks = 0
+        self.scan_cut = False  # the last map_slots walk stopped at a bound, not at the map's end
 
     # -- entry points -----------------------------------------------------------------------------------
     def begin_value(self) -> None:
@@ -122,10 +130,15 @@ class ValueEncoder:
             self._elements(shape.elem, shape.elem_size, ptr, length, depth)
         elif isinstance(shape, V.Array):
             n = self._count(shape.length, shape.elem_size)
+            count_pos = len(out)
             out += struct.pack("<I", n)
             size = shape.elem_size
             for i in range(n):
+                mark = len(out)
                 self.value_from_bytes(shape.elem, data[i * size:(i + 1) * size], depth)
+                if self.timed_out:
+                    self._cut(count_pos, mark, i)
+                    break
         elif isinstance(shape, V.Interface):
             self._interface(shape, data, depth)
         elif isinstance(shape, (V.SwissMap, V.ClassicMap)):
@@ -155,10 +168,27 @@ class ValueEncoder:
 
     # -- kinds ------------------------------------------------------------------------------------------
     def _over_budget(self) -> bool:
-        if len(self.out) >= self.limits.total_output_bytes:
+        if len(self.out) >= self.limits.total_output_bytes or self.out_of_time():
             self.out.append(BUDGET)
             return True
         return False
+
+    def _cut(self, count_pos: int, mark: int, n: int) -> None:
+        """The deadline passed inside a collection's element: drop that element, keep the *n* before it (the
+        collection then decodes as truncated, like one cut by the byte limits)."""
+        del self.out[mark:]
+        struct.pack_into("<I", self.out, count_pos, n)
+
+    def out_of_time(self) -> bool:
+        """Whether the deadline has passed; the clock is read every 64th call (it costs as much as a value)."""
+        if self.timed_out:
+            return True
+        if self.deadline is None:
+            return False
+        self._ticks += 1
+        if self._ticks & 63 == 0 and time.monotonic() > self.deadline:
+            self.timed_out = True
+        return self.timed_out
 
     def _count(self, length: int, elem_size: int) -> int:
         """How many elements of a collection to capture: the byte budget, but at least min_elements."""
@@ -180,9 +210,14 @@ class ValueEncoder:
         if raw is None:
             self.out += struct.pack("<I", NO_PAYLOAD)
             return
+        count_pos = len(self.out)
         self.out += struct.pack("<I", n)
         for i in range(n):
+            mark = len(self.out)
             self.value_from_bytes(elem, raw[i * size:(i + 1) * size], depth)
+            if self.timed_out:
+                self._cut(count_pos, mark, i)
+                break
 
     def _pointer(self, shape: V.Pointer, addr: int, depth: int) -> None:
         out = self.out
@@ -292,10 +327,15 @@ class ValueEncoder:
         recvx = u64(shape.recvx_off)
         out += struct.pack("<QQB", qcount, size, 1 if closed else 0)
         n = self._count(min(qcount, size), shape.elem_size) if size else 0
+        count_pos = len(out)
         out += struct.pack("<I", n)
         for i in range(n):
             idx = (recvx + i) % size
+            mark = len(out)
             self.value_at(shape.elem, buf + idx * shape.elem_size, depth)
+            if self.timed_out:
+                self._cut(count_pos, mark, i)
+                break
         out += struct.pack("<II", self._queue_len(u64(shape.recvq_first_off), shape.sudog_next_off),
                            self._queue_len(u64(shape.sendq_first_off), shape.sudog_next_off))
 
@@ -309,7 +349,9 @@ class ValueEncoder:
         return n
 
     def map_slots(self, shape: V.SwissMap | V.ClassicMap, m: int, header: bytes):
-        """(key address, element address) of each live entry, in table order, within the visit bounds."""
+        """(key address, element address) of each live entry, in table order, within the visit bounds and
+        the deadline; ``scan_cut`` says afterwards whether either ended the walk before the map's end."""
+        self.scan_cut = False
         if isinstance(shape, V.SwissMap):
             yield from self._swiss_slots(shape, m, header)
         else:
@@ -337,10 +379,14 @@ class ValueEncoder:
                     data = _U64.unpack_from(th, shape.groups_data_off)[0]
                     mask = _U64.unpack_from(th, shape.groups_mask_off)[0]
                     groups.append((data, min(mask + 1, MAX_BUCKETS)))
+                    self.scan_cut |= mask >= MAX_BUCKETS
+        elif dir_len > MAX_BUCKETS:
+            self.scan_cut = True
         visited = 0
         for base, ngroups in groups:
             for g in range(ngroups):
-                if visited >= MAX_BUCKETS:
+                if visited >= MAX_BUCKETS or self.out_of_time():
+                    self.scan_cut = True
                     return
                 visited += 1
                 addr = base + g * shape.group_size
@@ -364,7 +410,12 @@ class ValueEncoder:
             sources.append((old, 1 << max(min(B, 30) - 1, 0)))
         visited = 0
         for base, n in sources:
+            if n > MAX_BUCKETS:
+                self.scan_cut = True
             for i in range(min(n, MAX_BUCKETS)):
+                if visited >= MAX_BUCKETS or self.out_of_time():
+                    self.scan_cut = True
+                    return
                 b = base + i * shape.bucket_size
                 chain = 0
                 while b and chain < MAX_CHAIN and visited < MAX_BUCKETS:
@@ -410,9 +461,13 @@ class ValueEncoder:
         self.out += struct.pack("<I", 0)  # patched with the number of entries written
         written = 0
         for key_addr, elem_addr in self.map_slots(shape, m, hdr):
-            if written >= self.limits.map_entries:
+            if written >= self.limits.map_entries or self.out_of_time():
                 break
+            mark = len(out)
             self.value_at(shape.key, key_addr, depth)
             self.value_at(shape.elem, elem_addr, depth)
+            if self.timed_out:  # cut inside this entry: leave it out, keep the entries before it
+                del out[mark:]
+                break
             written += 1
         struct.pack_into("<I", out, count_pos, written)
