@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_events.py
 	$(PY) benchmarks/bench_decoder.py
 	$(PY) benchmarks/bench_real.py
+	$(PY) benchmarks/bench_fidelity.py --binary cmd/trace
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -40,6 +40,17 @@ def test_pie_and_arm64(go_version, goarch, flags):
         assert layout["g"]["goid"].size == 8
         if goarch == "arm64":
             assert layout["g"].has("sched.lr")
+        # inspect names registers the binary's way: R0..R30 on arm64, RAX... on amd64.
+        from goprobe.inspect import function_report
+
+        wheres = " ".join(loc["where"] for f in function_report(b, "main.sum")["functions"]
+                          for v in f["variables"] for loc in v["locations"])
+        amd64_names = re.findall(r"\b(RAX|RBX|RCX|RDI|RSI)\b", wheres)
+        arm64_names = re.findall(r"\bR\d+\b", wheres)
+        if goarch == "arm64":
+            assert arm64_names and not amd64_names, wheres
+        else:
+            assert amd64_names, wheres
 
 
 def test_index_cache_makes_the_second_open_skip_dwarf(newest_version, tmp_path, monkeypatch):

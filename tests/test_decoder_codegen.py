@@ -459,14 +459,21 @@ def test_special_values():
     for x, want in ((math.nan, "NaN"), (math.inf, "+Inf"), (-math.inf, "-Inf"), (2.5, 2.5)):
         assert dec.decode(b"\0" + struct.pack("<d", x), 0, 0) == (want, 9)
     assert dec.decode(b"\0" + struct.pack("<ff", math.nan, -math.inf), 0, 1)[0] == ["NaN", "-Inf"]
-    floats = struct.pack("<QQQI", 1, 3, 3, 3) + b"".join(b"\0" + struct.pack("<f", x) for x in (1, math.inf, 2))
+    floats = struct.pack("<QQQI", 0xc000010000, 3, 3, 3) + b"".join(b"\0" + struct.pack("<f", x) for x in (1, math.inf, 2))
     assert dec.decode(b"\0" + floats, 0, 2)[0] == [1.0, "+Inf", 2.0]
     raw = b"\0" + struct.pack("<QQI", 0x1234, 4, 2) + b"\xff\xfe"
     assert dec.decode(raw, 0, 4)[0] == {"@len": 4, "@truncated": True, "@value": {"@hex": "fffe"}}
-    mixed = b"\0" + struct.pack("<QQQI", 1, 3, 3, 3) + b"\0\x07" + b"\x01" + struct.pack("<Q", 0x99) + b"\0\x09"
+    mixed = b"\0" + struct.pack("<QQQI", 0xc000010000, 3, 3, 3) + b"\0\x07" + b"\x01" + struct.pack("<Q", 0x99) + b"\0\x09"
     assert dec.decode(mixed, 0, 5)[0] == [7, {"@unavailable": "memory at 0x99 is not readable"}, 9]
     for data, tid in ((floats, 2), (mixed[1:], 5)):
         check_prefixes(table, dec, b"\0" + data, tid)
+    # Headers no real value has (a location the debug info got wrong) are unavailable, never shown.
+    for hdr, tid in ((struct.pack("<QQQI", 0xc000010000, 4, 3, 0), 5), (struct.pack("<QQQI", 0, 0, 3, 0), 5),
+                     (struct.pack("<QQQI", 10, 1, 3, 0), 5), (struct.pack("<QQI", 0xc000010000, 1 << 45, 0), 4),
+                     (struct.pack("<QQI", 0, 2, 0), 4), (struct.pack("<QQI", 1 << 50, 2, 0), 4)):
+        for d in (dec, ValueDecoder(table)):
+            got = d.decode(b"\0" + hdr, 0, tid)[0]
+            assert set(got) == {"@unavailable"} and got["@unavailable"].startswith("impossible"), got
 
 
 # -- real type tables ---------------------------------------------------------------------------------------

@@ -73,6 +73,23 @@ def test_kinds_snapshot_equals_the_interpreters_in_the_same_pause(go_version, bu
 
 
 @pytest.mark.parametrize("trigger", ["uprobe", "iterator"])
+def test_map_lookups_equal_the_interpreters(newest_version, build_mode, trigger):
+    """m[key] on small and large maps (2000 entries, searched by goprobe in the pause when the program hands
+    the capture over at its root), keys present and absent, string and integer keys."""
+    lookups = ['small["a"]', "big[7]", "big[13993]", "big[123456]", 'inverse["v7"]', 'copied["extra"]',
+               'copied["nope"]', "len(big)"]
+    ebpf, interp = _both_in_one_pause(build_fixture("kinds", newest_version, build_mode),
+                                      request_of=lambda b, truth: {"main.maps": lookups}, trigger=trigger)
+    assert ebpf == interp
+    values = [f["variables"] for g in ebpf["goroutines"] for f in g["frames"] if "variables" in f]
+    assert len(values) == 1
+    v = values[0]
+    assert v["big[7]"] == "v1" and v["big[13993]"] == "v1999" and v["len(big)"] == 2000
+    assert v["big[123456]"] == {"@unavailable": "key 123456 is not in the map"}
+    assert v['copied["nope"]'] == {"@unavailable": 'key "nope" is not in the map'}
+
+
+@pytest.mark.parametrize("trigger", ["uprobe", "iterator"])
 def test_snapshot_programs_stay_cheap_to_verify(newest_version, build_mode, trigger):
     """Every variable of the kinds fixture: each program of the request (one per SHARD_CAPTURES captures) loads
     as planned, none split for being too large, each well under the verifier's million instructions. Paths that

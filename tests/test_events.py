@@ -334,3 +334,38 @@ def test_cli_mistakes_get_one_line_and_a_target_that_exits_ends_the_stream(newes
     assert time.monotonic() - t0 < 10  # not the 60 s asked for
     assert proc.returncode == 3, (started + err).decode()
     assert b"ended early: the target process" in err and len(out.splitlines()) == 2
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_events_on_a_binary_deleted_or_replaced_since_the_process_started(tmp_path, change):
+    """An in-place deploy leaves the running process on a file whose path is gone or names another build:
+    events read and probe the file the process runs (through /proc/PID/exe)."""
+    import shutil
+
+    src = build_fixture("calls", VERSIONS[-1], "opt")
+    exe = tmp_path / "service"
+    shutil.copy2(src, exe)
+    log = tmp_path / "calls.jsonl"
+    with running(exe, env={"GOPROBE_CALL_LOG": str(log)}) as proc:
+        fx = Fixture(proc, log)
+        exe.unlink()
+        if change == "replaced":  # another program at the same path
+            shutil.copy2(build_fixture("tiny", VERSIONS[-1], "opt"), exe)
+        events, summary = _run(fx, EventRequest.build("main.handle", ["req.ID", "name"], max_events=5,
+                                                      duration_s=20), "call 5")
+        log_records = fx.log()
+    assert [e["values"]["req.ID"] for e in events] == [r["id"] for r in log_records]
+    assert [e["values"]["name"] for e in events] == [r["name"] for r in log_records]
+    assert summary["hits"] == 5
+
+
+def test_map_lookups_run_in_the_kernel(newest_calls):
+    """m["k"] in an event: the map is searched by the program itself (the key's hash is keyed per process)."""
+    fx = newest_calls
+    req = EventRequest.build("main.handle", ["req.ID", 'req.Meta["i"]', 'req.Meta["nope"]'], max_events=6,
+                             duration_s=20)
+    events, _summary = _run(fx, req, "call 6")
+    assert len(events) == 6
+    for ev, rec in zip(events, fx.log()):
+        assert ev["values"]['req.Meta["i"]'] == rec["i"]
+        assert ev["values"]['req.Meta["nope"]'] == {"@unavailable": 'key "nope" is not in the map'}

@@ -24,6 +24,9 @@ taken: each says why; events that ended early because the target exited), 130 in
 EXIT_PARTIAL = 3
 
 
+_DEBUG_FILE_HELP = ("the executable's separate debug information (objcopy --only-keep-debug); by default looked "
+                    "for by build id under /usr/lib/debug/.build-id and by .gnu_debuglink")
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="goprobe", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("function", nargs="?", help="qualified Go function name")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
     ins.add_argument("--no-cache", action="store_true", help="do not read or write the index cache")
+    ins.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
     snap = sub.add_parser(
         "snapshot", help="stacks of every goroutine, with captured values",
         description="Pause each process for about a millisecond, walk every goroutine's stack, capture the "
@@ -62,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                            "interpreter, or auto (eBPF where permitted; says so when it falls back)")
     snap.add_argument("--json", action="store_true", help="print the JSON document (docs/snapshot-json.md)")
     snap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    snap.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
     ev = sub.add_parser(
         "events", help="capture values each time a function runs or a line executes (eBPF)",
         description="Attach probes (uprobes running generated eBPF) to the processes and stream one JSON object "
@@ -97,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="events held in memory while the decoder catches up (default 512); past it, drops "
                          "are counted")
     ev.add_argument("-o", "--output", metavar="FILE", help="write the JSON lines to FILE")
+    ev.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
     return p
 
 
@@ -209,7 +215,7 @@ def _events(args: argparse.Namespace) -> int:
         early: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda num, _frame: early.append(num))
-        with stream_events(args.pids, req, **sizes) as stream:
+        with stream_events(args.pids, req, debug_file=args.debug_file, **sizes) as stream:
             install_stop_signals(stream)
             if early:
                 stream.stop()
@@ -290,9 +296,11 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 def _take_and_write(args: argparse.Namespace, S, functions, limits, gfilter, out) -> int:
     if args.core:
-        result = S.snapshot_core(args.core[0], args.core[1], functions, limits=limits, goroutine_filter=gfilter)
+        result = S.snapshot_core(args.core[0], args.core[1], functions, limits=limits, goroutine_filter=gfilter,
+                                 debug_file=args.debug_file)
     else:
-        result = S.take_snapshot(args.pids, functions, limits=limits, goroutine_filter=gfilter, backend=args.backend)
+        result = S.take_snapshot(args.pids, functions, limits=limits, goroutine_filter=gfilter, backend=args.backend,
+                                 debug_file=args.debug_file)
     for proc in result["processes"]:
         if proc.get("backend_note"):
             print(f"goprobe: note: pid {proc['pid']}: {proc['backend_note']}", file=sys.stderr)
@@ -323,7 +331,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from goprobe.dwarf.binary import GoBinary
     from goprobe import inspect as report
 
-    with GoBinary(args.binary, use_cache=not args.no_cache) as b:
+    with GoBinary(args.binary, use_cache=not args.no_cache, debug_file=args.debug_file) as b:
         if args.function:
             data = report.function_report(b, args.function)
             text = report.render_function(data)

@@ -22,6 +22,7 @@ from goprobe.backends.interpreter.values import (
     PTR_NIL,
     PTR_OPAQUE,
     PTR_SEEN,
+    REASON,
     UNKNOWN_TYPE,
     UNREADABLE,
 )
@@ -35,6 +36,18 @@ _INT_FORMATS = {
 
 class _Truncated(Exception):
     pass
+
+
+def bytes_text(items: list) -> Any:
+    """A ``[]byte`` / ``[N]byte``'s elements shown like a string: text, or ``{"@hex"}`` where not UTF-8 (the
+    list as it is when an element could not be read)."""
+    if not all(type(x) is int for x in items):
+        return items
+    raw = bytes(items)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"@hex": raw.hex()}
 
 
 def _float(v: float) -> Any:
@@ -87,6 +100,10 @@ class ValueDecoder:
             return {"@unavailable": f"memory at {hexaddr(addr)} is not readable"}, pos
         if status == BUDGET:
             raise _Truncated
+        if status == REASON:
+            (n,), pos = self._unpack("<H", pos)
+            raw, pos = self._take(pos, n)
+            return {"@unavailable": raw.decode("utf-8", "replace")}, pos
         if status != OK:
             raise _Truncated
         entry = self.table[tid]
@@ -109,6 +126,11 @@ class ValueDecoder:
                 n, pos = self._unpack("<I", pos)
                 return None, pos
             items, pos = self._items(pos, shape.elem)
+            if items is not None and self._is_byte(shape.elem):
+                items = bytes_text(items)
+            bad = V.impossible_header(ptr, length, cap)
+            if bad is not None:
+                return {"@unavailable": bad}, pos
             if items is None:
                 return {"@unavailable": f"elements at {hexaddr(ptr)} are not readable", "@len": length,
                         "@cap": cap}, pos
@@ -121,6 +143,8 @@ class ValueDecoder:
             for _ in range(n):
                 v, pos = self._value(pos, shape.elem)
                 items.append(v)
+            if self._is_byte(shape.elem):
+                items = bytes_text(items)
             if n < shape.length:
                 return {"@len": shape.length, "@truncated": True, "@value": items}, pos
             return items, pos
@@ -151,6 +175,10 @@ class ValueDecoder:
             return {"@type": entry.name, "@unavailable": shape.reason}, pos
         return {"@type": entry.name, "@bytes": raw.hex()}, pos
 
+    def _is_byte(self, tid: V.TypeId) -> bool:
+        shape = self.table[tid].shape
+        return isinstance(shape, V.Scalar) and shape.kind == "uint8"
+
     def _items(self, pos: int, elem: V.TypeId) -> tuple[list[Any] | None, int]:
         (n,), pos = self._unpack("<I", pos)
         if n == NO_PAYLOAD:
@@ -163,9 +191,14 @@ class ValueDecoder:
 
     def _string(self, pos: int) -> tuple[Any, int]:
         (ptr, length, n), pos = self._unpack("<QQI", pos)
+        bad = V.impossible_header(ptr, length)
         if n == NO_PAYLOAD:
+            if bad is not None:
+                return {"@unavailable": bad}, pos
             return {"@unavailable": f"string bytes at {hexaddr(ptr)} are not readable", "@len": length}, pos
         raw, pos = self._take(pos, n)
+        if bad is not None:
+            return {"@unavailable": bad}, pos
         try:
             text: Any = raw.decode("utf-8")
         except UnicodeDecodeError:

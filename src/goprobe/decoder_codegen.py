@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from goprobe.decoder import _INT_FORMATS, _float, _Truncated
+from goprobe.decoder import _INT_FORMATS, _float, _Truncated, bytes_text
 from goprobe.ir import values as V
 
 _CAUGHT = (_Truncated, struct.error, IndexError, RecursionError)
@@ -66,7 +66,7 @@ class CompiledDecoder:
             "__builtins__": __builtins__, "_T": _Truncated, "_CAUGHT": _CAUGHT, "_D": dispatch, "_N": n,
             "_NAMES": names, "_float": _float, "_func_name": func_name, "_type_name": type_name,
             "_iter_unpack": struct.iter_unpack, "_nonok": _nonok, "_wrap_ptr": _wrap_ptr,
-            "_trunc": _truncated,
+            "_trunc": _truncated, "_bad": V.impossible_header, "_btext": bytes_text,
         }
 
         def iface_wrap(tid: int, v: Any) -> dict[str, Any]:
@@ -226,6 +226,12 @@ def _nonok(data: bytes, pos: int) -> tuple[Any, int]:
     """A value whose status byte is not 0: unreadable, or (budget / garbage) the end of the stream."""
     if data[pos] == 1:
         return {"@unavailable": f"memory at {_U64(data, pos + 1)[0]:#x} is not readable"}, pos + 9
+    if data[pos] == 4:  # a reason: u16 length, UTF-8
+        n = struct.unpack_from("<H", data, pos + 1)[0]
+        end = pos + 3 + n
+        if end > len(data):
+            raise _Truncated
+        return {"@unavailable": bytes(data[pos + 3:end]).decode("utf-8", "replace")}, end
     raise _Truncated
 
 
@@ -391,6 +397,8 @@ class _Gen:
         L(ind, f"pos += {k + 20}")
         L(ind, f"if {n} == {_NONE}:")
         L(ind + 1, f'{out} = {{"@unavailable": f"string bytes at {{{p}:#x}} are not readable", "@len": {ln}}}')
+        L(ind + 1, f"if _bad({p}, {ln}) is not None:")
+        L(ind + 2, f'{out} = {{"@unavailable": _bad({p}, {ln})}}')
         L(ind, "else:")
         L(ind + 1, f"{e} = pos + {n}")
         L(ind + 1, f"if {e} > len(data):")
@@ -403,6 +411,8 @@ class _Gen:
         L(ind + 2, f'{out} = {{"@hex": {raw}.hex()}}')
         L(ind + 1, f"if {n} < {ln}:")
         L(ind + 2, f'{out} = {{"@len": {ln}, "@truncated": True, "@value": {out}}}')
+        L(ind + 1, f"if _bad({p}, {ln}) is not None:")
+        L(ind + 2, f'{out} = {{"@unavailable": _bad({p}, {ln})}}')
 
     def struct(self, shape: V.Struct, out: str, k: int, ind: int, stack: tuple[int, ...],
                prefix: str = "") -> None:
@@ -467,6 +477,10 @@ class _Gen:
             return stride, f"[{{'@addr': hex(x)}} if x else None for (x,) in _iter_unpack('<xQ', {chunk})]"
         return None
 
+    def _is_byte(self, tid: int) -> bool:
+        shape = self.dec.table[tid].shape
+        return isinstance(shape, V.Scalar) and shape.kind == "uint8"
+
     def elements(self, elem: int, n: str, items: str, ind: int, stack: tuple[int, ...]) -> None:
         """*n* element values of type *elem* from ``pos`` into the list *items*."""
         L = self.line
@@ -497,8 +511,12 @@ class _Gen:
                    f'"@cap": {c}}}')
         L(ind, "else:")
         self.elements(shape.elem, n, items, ind + 1, stack)
+        if self._is_byte(shape.elem):
+            L(ind + 1, f"{items} = _btext({items})")
         L(ind + 1, f'{out} = {items} if {n} >= {ln} else {{"@len": {ln}, "@cap": {c}, "@truncated": True, '
                    f'"@value": {items}}}')
+        L(ind, f"if {out} is not None and _bad({p}, {ln}, {c}) is not None:")
+        L(ind + 1, f'{out} = {{"@unavailable": _bad({p}, {ln}, {c})}}')
 
     def array(self, shape: V.Array, out: str, k: int, ind: int, stack: tuple[int, ...]) -> None:
         L = self.line
@@ -506,6 +524,8 @@ class _Gen:
         L(ind, f"{n} = {self.dec._reader('I')}(data, {self.at(k)})[0]")
         L(ind, f"pos += {k + 4}")
         self.elements(shape.elem, n, items, ind, stack)
+        if self._is_byte(shape.elem):
+            L(ind, f"{items} = _btext({items})")
         L(ind, f'{out} = {items} if {n} >= {shape.length} else {{"@len": {shape.length}, "@truncated": True, '
                f'"@value": {items}}}')
 

@@ -103,11 +103,14 @@ class EventRecordDecoder:
         out: dict[str, Any] = {}
         for label, tid in slots:
             state = raw[pos]
-            if state == G.CAPTURE_UNAVAILABLE:
+            if state in (G.CAPTURE_UNAVAILABLE, G.CAPTURE_PARTIAL):
                 code = raw[pos + 1]
                 reasons = self.gen.reasons
                 out[label] = {"@unavailable": reasons[code] if code < len(reasons) else "unavailable"}
                 pos += 2
+                if state == G.CAPTURE_PARTIAL:  # the length of a string or slice that is not available
+                    out[label]["@len"] = struct.unpack_from("<q", raw, pos)[0]
+                    pos += 8
                 continue
             (length,) = struct.unpack_from("<I", raw, pos + 1)
             start = pos + 5
@@ -145,7 +148,7 @@ class EventStream:
 
     def __init__(self, pids: Sequence[int], request: EventRequest, *, binary: str | GoBinary | None = None,
                  ring_bytes: int | None = None, backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
-                 drain: str = "process") -> None:
+                 drain: str = "process", debug_file: str | None = None) -> None:
         if backlog_bytes <= 0:
             raise GoprobeError("backlog_bytes must be positive")
         if drain not in ("process", "thread"):
@@ -158,14 +161,24 @@ class EventStream:
         self.pids = tuple(pids)
         self.request = request
         self._owns_binary = not isinstance(binary, GoBinary)
-        path = binary.path if isinstance(binary, GoBinary) else (binary or _executable(pids[0]))
-        self.binary = binary if isinstance(binary, GoBinary) else GoBinary(path)
+        if isinstance(binary, GoBinary):
+            path = binary.path
+        elif binary:
+            path = binary
+        else:
+            _executable(pids[0])  # a clear error for a process that is gone or not ours
+            # Through /proc: the file the process runs even when its path was deleted or replaced since (an
+            # in-place deploy); uprobes attach to that file too.
+            path = f"/proc/{pids[0]}/exe"
+        self.binary = binary if isinstance(binary, GoBinary) else GoBinary(path, debug_file=debug_file)
         self.session: EventSession | None = None
         self.drain: ProcessDrain | RingDrain | None = None
         self.drain_kind = drain
         try:
+            want = _file_identity(str(self.binary.path))
             for pid in pids[1:]:
-                if os.path.realpath(_executable(pid)) != os.path.realpath(self.binary.path):
+                _executable(pid)
+                if _file_identity(f"/proc/{pid}/exe") != want:
                     raise GoprobeError(f"PID {pid} runs another executable than PID {pids[0]}; probe processes of "
                                        "one executable per call")
             from goprobe.snapshot import load_bias
@@ -310,9 +323,18 @@ def stream_events(pids: Sequence[int], request: EventRequest | str, captures: Se
     """Start probing *pids*; *request* is an :class:`~goprobe.request.EventRequest` or a probe point string
     (then *captures* and the keyword arguments of ``EventRequest.build`` apply)."""
     if isinstance(request, str):
-        build_kw = {k: kw.pop(k) for k in list(kw) if k not in ("ring_bytes", "backlog_bytes", "drain")}
+        build_kw = {k: kw.pop(k) for k in list(kw)
+                    if k not in ("ring_bytes", "backlog_bytes", "drain", "debug_file")}
         request = EventRequest.build(request, captures, **build_kw)
     return EventStream(pids, request, binary=binary, **kw)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _executable(pid: int) -> str:

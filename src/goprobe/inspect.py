@@ -60,7 +60,7 @@ def _one_function(b: GoBinary, fn: Function) -> dict[str, Any]:
             "escaped_to_heap": v.escaped,
             "decl_line": v.decl_line,
             "scoped": v.scope is not None,
-            "locations": [{"low": f"{r.low:#x}", "high": f"{r.high:#x}", "where": describe(r.location)}
+            "locations": [{"low": f"{r.low:#x}", "high": f"{r.high:#x}", "where": describe(r.location, b.arch)}
                           for r in v.locations],
         })
     return {

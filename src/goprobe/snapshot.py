@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import struct
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 from goprobe.backends.interpreter.program import load as load_program
 from goprobe.backends.interpreter.program import lower as lower_program
-from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, run_snapshot
+from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, goroutine_labels, run_snapshot
 from goprobe.decoder import hexaddr
 from goprobe.decoder_codegen import compile_decoder
 from goprobe.dwarf.binary import GoBinary
@@ -39,10 +40,43 @@ def wait_reasons(b: GoBinary) -> dict[int, str]:
     return out
 
 
+def _labels_after_resume(raw: RawSnapshot, plan: SnapshotPlan, pid: int, req) -> dict[int, bytes | str]:
+    from goprobe.process import ProcessMemory
+
+    if plan.labels_type is None or not any(g.labels for g in raw.goroutines):
+        return {}
+    return goroutine_labels(raw, plan, ProcessMemory(pid), req.limits)
+
+
+def labels_json(value: Any) -> Any:
+    """A decoded label set as ``{key: value}``: Go ≤ 1.23 keeps it as a map[string]string (already so), later
+    releases as a struct around a sorted list of {key, value} pairs."""
+    if not isinstance(value, dict) or "@unavailable" in value:
+        return value
+    if value and all(isinstance(v, str) and not k.startswith("@") for k, v in value.items()):
+        return value
+    todo: list[Any] = [value]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, list):
+            out = {}
+            for item in x:
+                if isinstance(item, dict):
+                    pair = {k.lower(): v for k, v in item.items() if not k.startswith("@")}
+                    if isinstance(pair.get("key"), str):
+                        out[pair["key"]] = pair.get("value")
+            return out
+        if isinstance(x, dict):
+            todo.extend(v for k, v in x.items() if not k.startswith("@") or k in ("@value", "@entries"))
+    return value
+
+
 def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: int | None = None,
-                    pause_ns: int | None = None, bias: int = 0) -> dict[str, Any]:
+                    pause_ns: int | None = None, bias: int = 0,
+                    labels: dict[int, bytes | str] | None = None) -> dict[str, Any]:
     """Turn a raw snapshot into the documented JSON structure (one process); *bias* is the executable's load
-    bias (PCs in the output are run-time addresses; symbols are looked up at link-time ones)."""
+    bias (PCs in the output are run-time addresses; symbols are looked up at link-time ones). *labels*: the
+    goroutines' pprof label sets as read after the pause (``goroutine_labels``)."""
     reasons = wait_reasons(b)
 
     @lru_cache(maxsize=None)
@@ -83,6 +117,8 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
                 for c in caps:
                     if c.data is None:
                         values[c.label] = {"@unavailable": c.unavailable}
+                        if c.known_len is not None:
+                            values[c.label]["@len"] = c.known_len
                     else:
                         values[c.label], _ = decoder.decode(c.data, 0, c.type)
                 captured[(function, inlined)] = values
@@ -104,6 +140,11 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
             entry["locked_to_thread"] = True
         if g.gopc and g.goid != 1:  # as Go's dumps: the main goroutine was created by nobody in particular
             entry["created_by"] = created_by(g.gopc, g.parent_goid)
+        got = (labels or {}).get(g.goid)
+        if isinstance(got, str):
+            entry["labels"] = {"@unavailable": got}
+        elif got is not None:
+            entry["labels"] = labels_json(decoder.decode(got, 0, plan.labels_type)[0])
         if g.truncated:
             entry["@truncated"] = "frames"
         goroutines.append(entry)
@@ -138,7 +179,8 @@ BACKENDS = ("auto", "ebpf", "interp")
 
 
 def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, limits=None,
-                  goroutine_filter: str | None = None, backend: str = "interp") -> dict[str, Any]:
+                  goroutine_filter: str | None = None, backend: str = "interp",
+                  debug_file: str | None = None) -> dict[str, Any]:
     """Snapshot every goroutine of each process in *pids*.
 
     *request* is a :class:`~goprobe.request.SnapshotRequest` or a mapping ``{function: [expression, ...]}``.
@@ -151,6 +193,9 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     *backend*: ``"interp"`` (goprobe's interpreter reads the memory), ``"ebpf"`` (a generated BPF program walks
     the goroutines in the kernel while the process is paused), or ``"auto"`` (eBPF where this machine allows
     it, else the interpreter; the process entry's ``backend_note`` says why it fell back).
+
+    *debug_file*: the separate debug information of the processes' executable (by default it is looked for
+    by build id and debuglink when the executable has no DWARF of its own).
     """
     from goprobe.errors import GoprobeError
 
@@ -161,14 +206,16 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     failures: list[GoprobeError] = []
     for pid in pids:
         try:
-            proc = _snapshot_one(pid, req, binary, backend)
+            proc = _snapshot_one(pid, req, binary, backend, debug_file)
             proc["status"] = "ok"
             out.append(proc)
         except GoprobeError as exc:
             # One process that cannot be snapshotted (gone, stripped, no permission, a request its build
-            # cannot satisfy...) is reported in the bundle; the others are still taken.
+            # cannot satisfy...) is reported in the bundle; the others are still taken. One that exited while
+            # it was being taken is gone, whatever step noticed it first.
             failures.append(exc)
-            out.append({"pid": pid, "status": "error", "error": {"kind": error_kind(exc), "message": str(exc)},
+            kind = error_kind(exc) if _running(pid) else "PROCESS_GONE"
+            out.append({"pid": pid, "status": "error", "error": {"kind": kind, "message": str(exc)},
                         "goroutines": []})
     if failures and len(failures) == len(pids):
         raise failures[0]  # nothing was taken: the one error says why (a single process behaves as before)
@@ -176,6 +223,15 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     if failures:
         result["partial"] = True
     return result
+
+
+def _running(pid: int) -> bool:
+    """Whether *pid* exists and has not exited (an exited one not yet reaped still has a /proc entry)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
 
 
 def error_kind(exc: BaseException) -> str:
@@ -196,14 +252,15 @@ def error_kind(exc: BaseException) -> str:
     return "ERROR"
 
 
-def _snapshot_one(pid: int, req, binary: GoBinary | None, backend: str) -> dict[str, Any]:
+def _snapshot_one(pid: int, req, binary: GoBinary | None, backend: str, debug_file: str | None = None
+                  ) -> dict[str, Any]:
     """One process of a bundle: compile for its binary, pause it, read, resume, decode."""
     from goprobe.errors import GoprobeError, ProcessNotFoundError
     from goprobe.process import pause
 
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
-    b = binary or GoBinary(f"/proc/{pid}/exe")
+    b = binary or GoBinary(f"/proc/{pid}/exe", debug_file=debug_file)
     try:
         bias = load_bias(b, pid)
         # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
@@ -228,7 +285,9 @@ def _snapshot_one(pid: int, req, binary: GoBinary | None, backend: str) -> dict[
                 with pause(pid) as paused:
                     copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
                 raw = run_snapshot(plan, copy, paused.threads, req.limits)
-            proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias), req)
+            labels = _labels_after_resume(raw, plan, pid, req)
+            proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias,
+                                             labels=labels), req)
         proc["backend"] = "interp" if used != "ebpf" else used
         if note:
             proc["backend_note"] = note
@@ -273,7 +332,8 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
                 (running, fixups), pause_ns = run_paused(pid, while_paused)
             # The records wait in the ring buffer: taking them out need not keep the process stopped.
             raw = snapper.raw_snapshot(snapper.records(), running, fixups)
-        return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=pause_ns, bias=bias), req)
+        labels = _labels_after_resume(raw, plan, pid, req)
+        return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=pause_ns, bias=bias, labels=labels), req)
 
 
 @contextlib.contextmanager
@@ -311,17 +371,19 @@ def _allglen(pid: int, addr: int) -> int:
 
 
 def snapshot_core(core_path: str, binary_path: str, request, *, limits=None,
-                  goroutine_filter: str | None = None) -> dict[str, Any]:
+                  goroutine_filter: str | None = None, debug_file: str | None = None) -> dict[str, Any]:
     """The same snapshot from an ELF core file of the process (e.g. from gcore or GOTRACEBACK=crash)."""
     from goprobe.process import CoreFile
 
     req = _as_request(request, limits, goroutine_filter)
-    with CoreFile(core_path) as core, GoBinary(binary_path) as b:
+    with CoreFile(core_path) as core, GoBinary(binary_path, debug_file=debug_file) as b:
         bias = core_load_bias(core, b, binary_path)
         check_core_matches(core.memory, b, bias, core_path, binary_path)
         plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
-        raw = run_snapshot(plan, _CoreWithExecutable(core.memory, b, bias), core.threads, req.limits)
-        proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None, bias=bias), req)
+        memory = _CoreWithExecutable(core.memory, b, bias)
+        raw = run_snapshot(plan, memory, core.threads, req.limits)
+        labels = goroutine_labels(raw, plan, memory, req.limits)
+        proc = _filtered(decode_snapshot(raw, plan, b, pid=core.pid, pause_ns=None, bias=bias, labels=labels), req)
     proc["core"] = str(core_path)
     return {"processes": [proc]}
 
@@ -479,6 +541,10 @@ def render_text(result: dict[str, Any], *, max_groups: int = 50, max_values: int
             ids = ", ".join(str(x["goid"]) for x in gs[:8]) + (" …" if len(gs) > 8 else "")
             lines.append("")
             lines.append(f"  {len(gs)} goroutine{'s' if len(gs) > 1 else ''} [{state}]: {ids}")
+            for x in gs[:max_values]:
+                if x.get("labels"):
+                    who = f"g{x['goid']} " if len(gs) > 1 else ""
+                    lines.append(f"    {who}labels: {json.dumps(x['labels'], ensure_ascii=False)}")
             for i, f in enumerate(g["frames"]):
                 where = "/".join(f["file"].split("/")[-2:])
                 lines.append(f"    {f['function']}{' (inlined)' if f['inlined'] else ''}  {where}:{f['line']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import difflib
 import os
+import struct
 import re
 from collections.abc import Iterable
 from functools import cached_property
@@ -17,6 +18,7 @@ from functools import cached_property
 import attrs
 
 from goprobe.dwarf import constants as C
+from goprobe.dwarf.debug_files import find_debug_file, open_debug_file
 from goprobe.dwarf.dies import DebugSections, Die, Unit, UnitTable
 from goprobe.dwarf.elf import ElfImage
 from goprobe.dwarf.expressions import ADDRESS_MEMORY, decode_location
@@ -26,6 +28,7 @@ from goprobe.dwarf.index_cache import IndexCache
 from goprobe.dwarf.lines import LineProgram
 from goprobe.dwarf.types import GoType, TypeTable, index_type_dies
 from goprobe.errors import (
+    BinaryError,
     DwarfFormatError,
     NoDebugInfoError,
     NotGoBinaryError,
@@ -75,7 +78,12 @@ class GoBinary:
     :class:`~goprobe.errors.UnsupportedGoVersionError` when the file cannot be used.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, use_cache: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, use_cache: bool = True,
+                 debug_file: str | os.PathLike[str] | None = None) -> None:
+        """*debug_file*: the build's separate debug info (``objcopy --only-keep-debug``); by default one is
+        looked for, as distributions ship them, when the binary itself has no DWARF: by its GNU build id
+        under ``/usr/lib/debug/.build-id/`` and by its ``.gnu_debuglink`` (next to it, in ``.debug/``, and
+        under ``/usr/lib/debug``)."""
         self.elf = ElfImage(path)
         self.path = self.elf.path
         self.arch = self.elf.arch
@@ -89,11 +97,20 @@ class GoBinary:
             self.elf.close()
             raise UnsupportedGoVersionError(
                 f"{self.path}: built by {self.go_version}; goprobe supports Go 1.21 and newer — rebuild with a newer Go")
+        try:
+            found = debug_file if debug_file is not None else (
+                None if self.elf.has_section(".debug_info") else find_debug_file(self.elf))
+            if found is not None:
+                self.elf.attach_debug(open_debug_file(self.elf, found))
+        except BinaryError:
+            self.elf.close()
+            raise
         if not self.elf.has_section(".debug_info"):
             self.elf.close()
             raise NoDebugInfoError(
-                f"{self.path}: has no DWARF debug information (built with -ldflags=-w or -s, or stripped); "
-                "rebuild without '-w' and '-s' in -ldflags and do not strip it")
+                f"{self.path}: has no DWARF debug information (built with -ldflags=-w or -s, or stripped) and no "
+                "separate debug file was found for it; rebuild without '-w' and '-s' in -ldflags, or give its "
+                "debug file (--debug-file)")
         self.go_version_tuple = ver
         self.build_id = self.elf.go_build_id
         self.sections = DebugSections(self.elf.section_data)
@@ -132,7 +149,7 @@ class GoBinary:
 
     @property
     def dwarf_compressed(self) -> bool:
-        return bool(self.elf._sections[".debug_info"]["sh_flags"] & 0x800)
+        return bool(self.elf.section_flags(".debug_info") & 0x800)
 
     @cached_property
     def producer(self) -> str:
@@ -664,6 +681,19 @@ class GoBinary:
         from goprobe.dwarf.instructions import CodeInfo
 
         return CodeInfo(self)
+
+    @cached_property
+    def pclntab(self):
+        """The runtime's function tables (liveness maps), or None where they cannot be read (not amd64, no
+        DWARF for their layout)."""
+        from goprobe.dwarf.pclntab import PcLineTable
+
+        if self.arch != "amd64":
+            return None
+        try:
+            return PcLineTable(self)
+        except (LookupError, ValueError, struct.error, IndexError):
+            return None
 
     @cached_property
     def runtime(self):

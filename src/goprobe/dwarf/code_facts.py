@@ -14,3 +14,4 @@ class FunctionCode:
     has_frame_pointer: bool
     frame_size: int  # bytes the function reserves below its return address, frame pointer included
     has_stack_check: bool
+    call_returns: tuple[int, ...] = ()  # the return address of every call instruction

@@ -98,6 +98,9 @@ class ElfImage:
         self._data_cache: dict[str, bytes] = {}
 
     def close(self) -> None:
+        debug = getattr(self, "_debug", None)
+        if debug is not None:
+            debug.close()
         try:
             self._map.close()
         except (AttributeError, BufferError):
@@ -111,8 +114,27 @@ class ElfImage:
         self.close()
 
     # -- sections -------------------------------------------------------------------------------------
+    def attach_debug(self, debug: ElfImage) -> None:
+        """Read the debug sections and the symbol table from *debug* (a separate debug file of this build)
+        where this file has none; code and data still come from this file."""
+        self._debug = debug
+
+    def _holder(self, name: str) -> ElfImage:
+        """The image whose section *name* is read: a separate debug file for DWARF and symbols this file
+        lacks (or has only as NOBITS placeholders)."""
+        debug = getattr(self, "_debug", None)
+        if debug is not None and name.startswith((".debug_", ".symtab", ".strtab")):
+            sec = self._sections.get(name)
+            if sec is None or sec["sh_type"] == "SHT_NOBITS":
+                return debug
+        return self
+
     def has_section(self, name: str) -> bool:
-        return name in self._sections
+        holder = self._holder(name)
+        return name in holder._sections
+
+    def section_flags(self, name: str) -> int:
+        return self._holder(name)._sections[name]["sh_flags"]
 
     def section_names(self) -> list[str]:
         return list(self._sections)
@@ -122,6 +144,9 @@ class ElfImage:
 
     def section_data(self, name: str) -> bytes:
         """The section's bytes, decompressed if SHF_COMPRESSED; b"" if absent."""
+        holder = self._holder(name)
+        if holder is not self:
+            return holder.section_data(name)
         cached = self._data_cache.get(name)
         if cached is not None:
             return cached

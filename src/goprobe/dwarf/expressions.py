@@ -57,6 +57,7 @@ class Piece:
     # Memory pieces only: the address computed above holds a pointer; the value is at pointer + post_offset.
     indirect: bool = False
     post_offset: int = 0
+    reason: str = ""  # UNAVAILABLE pieces made by goprobe's checks: why (empty: the debug info says so)
 
 
 Location = tuple[Piece, ...]
@@ -243,20 +244,21 @@ def member_offset(value: object) -> int:
 
 
 
-def describe(loc: Location) -> str:
-    """Short human text for a location, e.g. ``RAX`` or ``[CFA-24]`` or ``RBX(8)+[CFA+8](8)``."""
+def describe(loc: Location, arch: str = "amd64") -> str:
+    """Short human text for a location, e.g. ``RAX`` or ``[CFA-24]`` or ``RBX(8)+[CFA+8](8)`` (register names
+    of *arch*: ``R0``... on arm64)."""
     from goprobe.dwarf.registers import register_name
 
     parts = []
     for p in loc:
         if p.kind == REGISTER:
-            s = register_name(p.reg)
+            s = register_name(p.reg, arch)
         elif p.kind == CFA_MEMORY:
             s = f"[CFA{p.offset:+d}]"
         elif p.kind == ADDRESS_MEMORY:
             s = f"[{p.offset:#x}]"
         elif p.kind == REGISTER_MEMORY:
-            s = f"[{register_name(p.reg)}{p.offset:+d}]"
+            s = f"[{register_name(p.reg, arch)}{p.offset:+d}]"
         elif p.kind == IMPLICIT:
             s = f"const {p.value.hex()}"
         else:

@@ -45,7 +45,7 @@ class CodeInfo:
     def for_function(self, fn: Function) -> FunctionCode:
         info = self._cache.get(fn.entry)
         if info is None:
-            key = f"code:{fn.entry}"
+            key = f"code2:{fn.entry}"
             info = self._binary.cache.get(key)
             if info is None:
                 info = self._binary.cache.put(key, self._analyse(fn))
@@ -112,7 +112,8 @@ def _analyse_amd64(fn: Function, insns, binary: GoBinary) -> FunctionCode:
             t = _target(ops.split(",", 1)[1])
             frame += t or 0
             break
-    return FunctionCode(fn.entry, fn.high, prologue_end, returns, has_fp, frame, has_check)
+    calls = tuple(a + s for a, s, m, _o in insns if m in ("call", "callq"))
+    return FunctionCode(fn.entry, fn.high, prologue_end, returns, has_fp, frame, has_check, calls)
 
 
 def _analyse_arm64(fn: Function, insns, binary: GoBinary) -> FunctionCode:

@@ -81,6 +81,27 @@ class AccessPath:
     type: TypeId  # the result's type
     result_size: int
 
+    def root_bytes(self) -> tuple[int, int]:
+        """The bytes [start, end) of the root value that evaluating the path reads (``len(s)`` reads only the
+        length word of ``s``; ``p.x`` only field x)."""
+        off = 0
+        for s in self.steps:
+            if isinstance(s, FieldStep):
+                off += s.offset
+            elif isinstance(s, IndexStep) and s.container == "array":
+                off += s.index * s.elem_size
+            elif isinstance(s, (LenStep, CapStep)) and s.container == "array":
+                return (0, 0)  # static
+            elif isinstance(s, LenStep) and s.container in ("slice", "string"):
+                return (off + 8, off + 16)
+            elif isinstance(s, CapStep) and s.container == "slice":
+                return (off + 16, off + 24)
+            elif isinstance(s, (IndexStep, TypeAssertStep)):
+                return (off, off + 16)  # a header: data pointer and length, or type word and data word
+            else:  # dereference, map lookup, len/cap of a map or channel: the pointer word
+                return (off, off + 8)
+        return (off, off + self.result_size)
+
 
 class AccessCompiler:
     """Compiles parsed expressions against the variables visible in a frame."""

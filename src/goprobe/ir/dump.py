@@ -39,6 +39,8 @@ def dump(plan: S.SnapshotPlan) -> str:
                        + (f" root=t{c.root_type}" if c.root_type is not None else ""))
             for r in c.locations:
                 out.append(f"    at [{r.low:#x},{r.high:#x}) {describe(r.location)}")
+            for r in c.caller_locations or ():
+                out.append(f"    caller at [{r.low:#x},{r.high:#x}) {describe(r.location)}")
             if c.path is not None:
                 root = c.path.root or f"global {c.path.global_address:#x}"
                 steps = " ".join(_step(s) for s in c.path.steps)

@@ -18,6 +18,8 @@ from goprobe.dwarf.lists import LocationRange
 from goprobe.errors import ExpressionError
 from goprobe import expr as X
 from goprobe.ir.access import AccessCompiler, AccessPath
+from goprobe.ir.liveness import judge_for
+from goprobe.ir.location_checks import check_variable, narrowed
 from goprobe.ir.values import InterfaceLayout, TypeId, TypeTable, TypeTableBuilder
 from goprobe.source import names_in_source
 
@@ -58,6 +60,7 @@ class GoroutineLayout:
     parent_goid: int = 0
     waitsince: int = 0
     lockedm: int = 0
+    labels: int = 0  # g.labels: the goroutine's pprof label set (a *runtime/pprof.labelMap), 0 if none
 
     @classmethod
     def from_binary(cls, b: GoBinary) -> GoroutineLayout:
@@ -67,12 +70,15 @@ class GoroutineLayout:
                    g.offset("sched.sp"), g.offset("sched.bp"), g.offset("syscallsp"), g.offset("syscallpc"),
                    g.offset("stack.lo"), g.offset("stack.hi"), g.offset("m"), g.offset("waitreason"),
                    m.offset("procid"), m.offset("curg"), L.allgs, L.allglen, g.offset("gopc"),
-                   g.offset("parentGoid"), g.offset("waitsince"), g.offset("lockedm"))
+                   g.offset("parentGoid"), g.offset("waitsince"), g.offset("lockedm"),
+                   g.offset("labels") if g.has("labels") else 0)
 
-    def extras(self, g: bytes) -> tuple[int, int, int, bool]:
-        """(creating PC, creator's goid, wait-since nanotime, locked to a thread) from a copy of a g."""
+    def extras(self, g: bytes) -> tuple[int, int, int, bool, int]:
+        """(creating PC, creator's goid, wait-since nanotime, locked to a thread, pprof labels pointer) from a
+        copy of a g."""
         u64 = lambda off: int.from_bytes(g[off:off + 8], "little")  # noqa: E731
-        return u64(self.gopc), u64(self.parent_goid), u64(self.waitsince), u64(self.lockedm) != 0
+        labels = u64(self.labels) if self.labels else 0
+        return u64(self.gopc), u64(self.parent_goid), u64(self.waitsince), u64(self.lockedm) != 0, labels
 
 
 @attrs.frozen(slots=True)
@@ -87,6 +93,12 @@ class VariableCapture:
     missing: str | None = None
     path: AccessPath | None = None
     root_type: TypeId | None = None
+    # Where a caller frame (stopped at a call, looked up at its return address minus one) finds the root, with
+    # the runtime's liveness maps applied (goprobe.ir.liveness); None: the same as ``locations``.
+    caller_locations: tuple[LocationRange, ...] | None = None
+
+    def locations_for(self, caller: bool) -> tuple[LocationRange, ...]:
+        return self.caller_locations if caller and self.caller_locations is not None else self.locations
 
 
 @attrs.frozen(slots=True)
@@ -120,6 +132,7 @@ class SnapshotPlan:
     max_frames: int
     max_goroutines: int
     goroutine_filter: tuple[tuple[int, int], ...] | None  # PC ranges of the filter function
+    labels_type: TypeId | None = None  # runtime/pprof.labelMap, what g.labels points to (None: not linked in)
 
 
 def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max_frames: int = 512,
@@ -179,9 +192,20 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
             r for _c, call in b.inlined_copies(goroutine_filter) for r in call.ranges)
     from goprobe.ir.verify import verify
 
+    labels = _labels_type(b, tb)
     return verify(SnapshotPlan(GoroutineLayout.from_binary(b), tuple(plans), tb.build(),
                                InterfaceLayout.from_binary(b), unwind_table(b), _stop_ranges(b), max_frames,
-                               max_goroutines, gfilter))
+                               max_goroutines, gfilter, labels))
+
+
+def _labels_type(b: GoBinary, tb: TypeTableBuilder) -> TypeId | None:
+    """The type g.labels points to: runtime/pprof's label set (a map until Go 1.23, a sorted list since)."""
+    from goprobe.errors import UnknownTypeError
+
+    try:
+        return tb.add(b.type_named("runtime/pprof.labelMap"))
+    except UnknownTypeError:
+        return None
 
 
 def unwind_table(b: GoBinary):
@@ -246,7 +270,15 @@ def compile_captures(b: GoBinary, tb: TypeTableBuilder, compiler: AccessCompiler
             root_t = b.type_at(v.type_offset)
             size = 8 if v.escaped else root_t.size
             locations = tuple(attrs.evolve(r, location=repair_pieces(r.location, size)) for r in v.locations)
-            out.append(VariableCapture(text, locations, path.type, v.escaped, path=path, root_type=tb.add(root_t)))
+            locations = check_variable(attrs.evolve(v, locations=locations), root_t, variables)
+            callers = judge_for(b).caller_locations(locations, root_t, v.escaped)
+            if not v.escaped:
+                need = path.root_bytes()
+                locations = tuple(attrs.evolve(r, location=narrowed(r.location, need)) for r in locations)
+                if callers is not None:
+                    callers = tuple(attrs.evolve(r, location=narrowed(r.location, need)) for r in callers)
+            out.append(VariableCapture(text, locations, path.type, v.escaped, path=path, root_type=tb.add(root_t),
+                                       caller_locations=callers))
     return tuple(out)
 
 
@@ -274,7 +306,8 @@ class Rebaser:
         path = c.path
         if path is not None and path.root == "":
             path = attrs.evolve(path, global_address=path.global_address + self.bias)
-        return attrs.evolve(c, locations=self.locations(c.locations), path=path)
+        callers = None if c.caller_locations is None else self.locations(c.caller_locations)
+        return attrs.evolve(c, locations=self.locations(c.locations), path=path, caller_locations=callers)
 
     def frame(self, fp: FramePlan) -> FramePlan:
         return attrs.evolve(fp, ranges=self.spans(fp.ranges), captures=tuple(self.capture(c) for c in fp.captures),

@@ -337,6 +337,10 @@ class TypeTableBuilder:
         self._entries[tid] = TypeEntry(name, t.size, shape, t.runtime_type, _is_direct_iface(t, shape))
         return tid
 
+    def size_of(self, tid: TypeId) -> int:
+        entry = self._entries[tid]
+        return entry.size if entry is not None else 0
+
     def add_interface_candidates(self) -> None:
         """Add the types an interface value may hold at run time, so its dynamic value can be captured:
         the predeclared types and every runtime-typed type of the program's own packages (main and its
@@ -546,6 +550,29 @@ def _module_paths(b: GoBinary) -> list[str]:
         if len(parts) >= 2 and parts[0] in ("mod", "path") and parts[1] not in ("command-line-arguments",):
             out.append(parts[1])
     return out
+
+
+MAX_PLAUSIBLE_LEN = 1 << 40  # no string or slice of a real program is longer (bytes or elements)
+_USER_TOP = 1 << 47  # amd64 and arm64 user space ends below this address
+_LOW_PAGE = 4096  # nothing is ever mapped at the first page
+
+
+def impossible_header(ptr: int, length: int, cap: int | None = None) -> str | None:
+    """Why a string (``cap`` None) or slice header cannot be a real one, or None. Such a header comes from a
+    location that the debug info got wrong; shown as it is, it would look like a real value."""
+    kind = "string" if cap is None else "slice"
+    n = length if cap is None else cap
+    if cap is not None and length > cap:
+        why = f"its length {length} exceeds its capacity {cap}"
+    elif length >= MAX_PLAUSIBLE_LEN or n >= MAX_PLAUSIBLE_LEN:
+        why = f"its {'length' if cap is None else 'capacity'} {n} is beyond any real one"
+    elif ptr == 0 and n > 0:
+        why = f"its data pointer is nil but its {'length' if cap is None else 'capacity'} is {n}"
+    elif 0 < ptr < _LOW_PAGE or ptr >= _USER_TOP:
+        why = f"its data pointer {ptr:#x} is not a user-space address"
+    else:
+        return None
+    return f"impossible {kind} header: {why} (the debug info's location for it is wrong here)"
 
 
 def captured_count(length: int, elem_size: int, collection_bytes: int, min_elements: int) -> int:

@@ -145,6 +145,8 @@ def _verify_frame(fp: object, table: V.TypeTable, where: str) -> None:
                 _int(ref, w, 0, n)
         _check(c.type is not None or c.missing is not None, w, "a capture needs a type or a reason")
         _locations(c.locations, w)
+        if c.caller_locations is not None:
+            _locations(c.caller_locations, w + ".caller_locations")
         if c.path is not None:
             _verify_path(c.path, table, w)
 

@@ -25,6 +25,7 @@ from goprobe.dwarf import expressions as E
 from goprobe.ir import access as A
 from goprobe.ir import events as EV
 from goprobe.ir import values as V
+from goprobe.ir.location_checks import known_length
 from goprobe.ir.snapshot import VariableCapture
 
 # -- scratch layout (one area per CPU) ----------------------------------------------------------------------
@@ -50,6 +51,10 @@ DICT_OFF = CAPLEN_OFF + 8
 FIX_OFF = DICT_OFF + 8
 FIX_DATA = 48  # in-hand bytes a fix-up carries
 BY_ADDRESS = 0xFFFFFFFF  # a fix-up's size when it carries the value's address instead of its bytes
+# A fix-up whose type id has this bit carries a capture's root, not its value: goprobe evaluates the capture's
+# whole access path from it (a map lookup on a map too large to search in the kernel). The rest of the id:
+# frame plan << 12 | capture group.
+PATH_FIXUP = 1 << 31
 FIXUP = struct.Struct("<QIIIIQQ48s")  # g, capture length pos, marker pos, type id, size, dictionary, depth, data
 # Captures reached through the same pointer (req.ID, req.Path): the pointer is followed once and the bytes of
 # all of them read in one bpf_probe_read_user (each read costs some 65-85 ns a hit, most of a probe's cost).
@@ -60,7 +65,12 @@ MERGE_OFF = FIX_OFF + FIXUP.size
 MERGE_DATA_OFF = MERGE_OFF + 16 * MERGE_GROUPS
 MERGE_DATA = 1024
 MERGE_PREFIX_FAILED, MERGE_READ_FAILED, MERGE_READ = 0, 1, 2
-SCRATCH_SIZE = MERGE_DATA_OFF + MERGE_DATA + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
+# Map lookups (m["k"]): the walk's state (u64 slots) and the bytes of the slot's key being compared.
+LOOKUP_OFF = MERGE_DATA_OFF + MERGE_DATA
+LOOKUP_KEY_OFF = LOOKUP_OFF + 64
+MAX_LOOKUP_KEY = 256  # string keys of m["k"] compared in the kernel, bytes
+PARTIAL_OFF = LOOKUP_OFF + 48  # u64 flag, u64 length: an unavailable string/slice whose length is known
+SCRATCH_SIZE = LOOKUP_KEY_OFF + MAX_LOOKUP_KEY + 2 * STAGE_SIZE  # slack: masked lengths may pass the last stage
 BUDGET = HALF - 8192  # a value starting beyond this is cut (status 2); one value never writes 8 KiB at once
 MAX_STRING = 4096  # string payload bytes per value in the kernel
 MAX_TYPE_ARGUMENTS = 16  # types a type-parameter value is compared with in the kernel
@@ -78,7 +88,7 @@ FAST_SCALARS = 4096  # scalar elements are written by a tight loop when they tak
 # -- event record -------------------------------------------------------------------------------------------
 HEADER_SIZE = 48  # u32 site, u32 flags, u64 goid, u64 pid_tgid, u64 ts_ns, u64 duration_ns, u32 n_stack, u32 0
 FLAG_DURATION = 1
-CAPTURE_VALUE, CAPTURE_UNAVAILABLE = 0, 1
+CAPTURE_VALUE, CAPTURE_UNAVAILABLE, CAPTURE_PARTIAL = 0, 1, 2  # 2: unavailable, u8 reason, u64 known length
 
 RB_NO_WAKEUP, RB_FORCE_WAKEUP = 1, 2
 WAKEUP_BYTES = 256 * 1024  # unread bytes in the ring before a record wakes the reader
@@ -101,6 +111,10 @@ UNKNOWN_TYPE = 0xFFFFFFFF
 NO_PAYLOAD = 0xFFFFFFFF
 MAX_CHAIN = 64  # wait-queue walks in the kernel
 MAX_SMALL_CHAIN = 4  # overflow buckets walked for a one-bucket classic map
+# m["k"] walks the map in the kernel: at most this many swiss groups or classic buckets (8 slots each), which
+# covers maps of a few hundred entries; a key not met within them is reported as not searched for, not absent.
+MAX_LOOKUP_GROUPS = 4
+MAX_LOOKUP_TABLES = 4  # swiss directory entries looked at
 
 
 @attrs.frozen
@@ -214,7 +228,7 @@ class _Generator:
             self.sections.append(("uprobe/stamp", "stamp", -1))
             _StampProgram(self, "stamp").emit()
         callers = tuple((fp.function, tuple((label, next((c.type for c in cands if c.type is not None), None))
-                                            for label, cands in _group(fp.captures)))
+                                            for label, cands in capture_groups(fp.captures)))
                         for fp in self.plan.callers)
         return GeneratedEvents(self.module.text(), tuple(self.sections), tuple(self.reasons), tuple(self.layouts),
                                callers, self.budget_notes())
@@ -392,10 +406,10 @@ class _SiteProgram(_Program):
         callers = self.gen.plan.callers
         here = self._per_label(site.captures)
         self.units_left, self.code_left = PROGRAM_UNITS, self.gen.code_budget
-        self.caps_left = len(here) + len(site.returns) + sum(len(_group(fp.captures)) for fp in callers)
+        self.caps_left = len(here) + len(site.returns) + sum(len(capture_groups(fp.captures)) for fp in callers)
         # What the captures still to come would cost in full: a cheap one leaves its part of the share to others.
         self.rest_cost = sum(self._cap_cost(c) for c in [*here, *site.returns,
-                                                        *(cs[0] for fp in callers for _l, cs in _group(fp.captures))])
+                                                        *(cs[0] for fp in callers for _l, cs in capture_groups(fp.captures))])
         if self.gen.plan.stack or callers:
             found = self.walk_stack(callers)
         self.merges = self.merged_reads(here + list(site.returns))
@@ -634,7 +648,7 @@ class _SiteProgram(_Program):
             pc = f.load(pcp)
             self.put64(pc)
             cfa = f.load(cfap)
-            for label, cands in _group(fp.captures):
+            for label, cands in capture_groups(fp.captures):
                 self.capture_in_caller(label, cands, f.sub(pc, 1), cfa)
             f.br(done)
             f.block(done)
@@ -769,6 +783,7 @@ class _SiteProgram(_Program):
             return
         self.capture_nodes = 0
         self.cap_label = cap.label
+        self.partial_emitted = False
         share = None
         if not self.gen.defer:
             # An equal share of what the program has left: what earlier captures did not use goes to later ones.
@@ -781,7 +796,11 @@ class _SiteProgram(_Program):
         try:
             state = root(fail)
             if with_path and cap.path is not None and cap.path.steps:
-                state = self.path(cap.path, state, fail)
+                if self._path_deferred(cap, state):
+                    self._defer_path(cap, state, done)
+                    state = None
+                else:
+                    state = self.path(cap.path, state, fail)
         except _Unsupported as exc:
             f.store(self.reasonp, self.gen.reason(str(exc)))
             f.br(fail)
@@ -812,6 +831,16 @@ class _SiteProgram(_Program):
                 f.br(fail)
         f.block(fail)
         f.store(self.posp, start)
+        if self.partial_emitted:
+            flag = f.gep(self.scratch, PARTIAL_OFF)
+            partial, whole = f.label("cap_partial"), f.label("cap_none")
+            f.cbr(f.icmp("ne", f.load(flag, volatile=True), 0), partial, whole)
+            f.block(partial)
+            f.store(flag, 0)
+            self.put((8, CAPTURE_PARTIAL), (8, f.load(self.reasonp, volatile=True)),
+                     (64, f.load(f.gep(flag, 8), volatile=True)))
+            f.br(done)
+            f.block(whole)
         self.put8(CAPTURE_UNAVAILABLE)
         self.put8(f.load(self.reasonp, volatile=True))
         f.br(done)
@@ -821,6 +850,37 @@ class _SiteProgram(_Program):
             self.code_left -= code - self.cleft
             self.caps_left -= 1
             self.vleft = None
+
+    def _path_deferred(self, cap: VariableCapture, state) -> bool:
+        """Whether goprobe, not the program, evaluates *cap*'s path (snapshots only: a map lookup, which the
+        kernel can search only in small maps, done whole from the paused process)."""
+        if not self.gen.defer or getattr(self, "path_fixup", None) is None:
+            return False
+        if not any(isinstance(s, A.MapLookupStep) for s in cap.path.steps):
+            return False
+        kind, _where = state
+        root = cap.root_type if cap.root_type is not None else cap.type
+        return kind == "user" or (kind == "local" and self.table[root].size <= FIX_DATA)
+
+    def _defer_path(self, cap: VariableCapture, state, done: str) -> None:
+        f = self.fn
+        self.put8(CAPTURE_VALUE)
+        len_at = f.load(self.posp, volatile=True)
+        f.store(f.gep(self.scratch, CAPLEN_OFF), len_at)
+        self.put32(0)
+        kind, where = state
+        tid = PATH_FIXUP | self.path_fixup
+        if kind == "local":
+            root = cap.root_type if cap.root_type is not None else cap.type
+            self.defer(tid, where, self.table[root].size, 0, f.load(self.posp, volatile=True))
+        else:
+            hand = f.gep(self.scratch, TMP_OFF + 48)
+            f.store(hand, where)
+            self.defer(tid, hand, BY_ADDRESS, 0, f.load(self.posp, volatile=True))
+        end = f.load(self.posp, volatile=True)
+        at = f.and_(f.barrier(len_at), HALF - 1)
+        f.store(f.gep(self.scratch, at), f.sub(end, f.add(len_at, 4)), 32)
+        f.br(done)
 
     def _capture_value(self, cap: VariableCapture, state, done: str, fail: str) -> None:
         """The CAPTURE_VALUE part of a capture whose root is at *state*; ends with a branch to *done* (or to
@@ -924,7 +984,7 @@ class _SiteProgram(_Program):
                 raise _Unsupported("value too large for the eBPF backend's staging buffer")
             dst = f.gep(root, off)
             if p.kind == E.UNAVAILABLE:
-                raise _Unsupported("optimised away at this PC")
+                raise _Unsupported(p.reason or "optimised away at this PC")
             if p.kind == E.IMPLICIT:
                 data = p.value[:n].ljust(n, b"\0")
                 for k in range(n):
@@ -980,13 +1040,14 @@ class _SiteProgram(_Program):
         found = f.label("root_found")
         root = f.gep(self.scratch, STAGE_OFF)
         for c in cands:
-            for r in c.locations:
+            for r in c.locations_for(True):  # a frame stopped at a call: looked up at its return address - 1
                 hit, nxt = f.label("range"), f.label("range_next")
                 inside = f.op(f"and i1 {f.icmp('uge', pc, r.low)}, {f.icmp('ult', pc, r.high)}")
                 f.cbr(inside, hit, nxt)
                 f.block(hit)
                 why = _first_unreadable_piece(r.location)
                 if why is not None:
+                    self._known_length(c, r.location, cfa)
                     self.fail(fail, why)
                 else:
                     self.assemble(r.location, 8 if c.escaped else value_size, root, cfa, fail)
@@ -1003,6 +1064,24 @@ class _SiteProgram(_Program):
         if all_escaped:
             return ("user", self.load_word(("local", root), 0, 8, fail))
         return ("local", root)
+
+    def _known_length(self, c: VariableCapture, loc: E.Location, cfa: str) -> None:
+        """Where the value is unavailable but it is a string or slice whose length is readable: read the length
+        and flag it, so the capture says ``{"@unavailable", "@len"}`` (goprobe.ir.location_checks)."""
+        f = self.fn
+        root = self.table[c.root_type if c.root_type is not None else c.type].shape
+        piece = known_length(loc, root, not c.escaped and (c.path is None or not c.path.steps))
+        if piece is None or piece.kind not in (E.CFA_MEMORY, E.ADDRESS_MEMORY, E.IMPLICIT):
+            return
+        flag = f.gep(self.scratch, PARTIAL_OFF)
+        if piece.kind == E.IMPLICIT:
+            f.store(f.gep(flag, 8), int.from_bytes(piece.value[:8].ljust(8, b"\0"), "little"))
+            f.store(flag, 1)
+        else:
+            addr = f.add(cfa, piece.offset) if piece.kind == E.CFA_MEMORY else str(piece.offset)
+            bad = self.read_user(f.gep(flag, 8), 8, addr)
+            f.store(flag, f.select(bad, 0, 1))
+        self.partial_emitted = True
 
     def assemble(self, loc: E.Location, size: int, dst: str, cfa: str, fail: str) -> None:
         """Read a location made of memory and constant pieces into *dst* (the frame's CFA is *cfa*)."""
@@ -1075,9 +1154,198 @@ class _SiteProgram(_Program):
                 state = ("local", hand)
             elif isinstance(step, A.TypeAssertStep):
                 state = self.type_assert(state, step, path, fail)
+            elif isinstance(step, A.MapLookupStep):
+                state = self.map_lookup(state, step, fail)
             else:
-                raise _Unsupported("map lookups (m[key]) are not supported by the eBPF backend yet")
+                raise _Unsupported(f"access step {type(step).__name__} is not supported by the eBPF backend")
         return state
+
+    # -- map lookups ------------------------------------------------------------------------------------------
+    def map_lookup(self, state, step: A.MapLookupStep, fail: str):
+        """``m[key]`` with a constant key: the map's slots are walked (the hash is keyed per process, so it
+        cannot be computed here) and the first whose key equals it gives the element's address."""
+        f = self.fn
+        shape = self.table[step.map_type].shape
+        if not isinstance(shape, (V.SwissMap, V.ClassicMap)):
+            raise _Unsupported("not a map")
+        if isinstance(step.key, bytes) and len(step.key) > MAX_LOOKUP_KEY:
+            raise _Unsupported(f"string keys longer than {MAX_LOOKUP_KEY} bytes are not compared in the kernel")
+        m = self.load_word(state, 0, 8, fail)
+        some = f.label("map_some")
+        f.store(self.reasonp, self.gen.reason("nil map"))
+        f.cbr(f.icmp("eq", m, 0), fail, some)
+        f.block(some)
+        hdr = f.gep(self.scratch, STAGE_OFF + (STAGE_LEVELS - 1) * STAGE_SIZE)
+        bad = self.read_user(hdr, V.header_size(shape), m)
+        ok = f.label("map_hdr")
+        f.store(self.reasonp, self.gen.reason(f"map header at the map's address is not readable"))
+        f.cbr(bad, fail, ok)
+        f.block(ok)
+        st = lambda k: f.gep(self.scratch, LOOKUP_OFF + 8 * k)  # noqa: E731 - walk state slots
+        found, cut = st(0), st(1)
+        f.store(found, 0)
+        f.store(cut, 0)
+        if isinstance(shape, V.SwissMap):
+            self._swiss_lookup(shape, step, hdr, st)
+        else:
+            self._classic_lookup(shape, step, hdr, st)
+        elem = f.load(found, volatile=True)
+        hit, miss = f.label("key_found"), f.label("key_missing")
+        f.cbr(f.icmp("ne", elem, 0), hit, miss)
+        f.block(miss)
+        key = step.key.decode("utf-8", "replace") if isinstance(step.key, bytes) else step.key
+        shown = f'"{key}"' if isinstance(step.key, bytes) else str(key)
+        missing, searched = f.label("key_absent"), f.label("key_unsearched")
+        f.cbr(f.icmp("eq", f.load(cut, volatile=True), 0), missing, searched)
+        f.block(missing)
+        f.store(self.reasonp, self.gen.reason(f"key {shown} is not in the map"))
+        f.br(fail)
+        f.block(searched)
+        f.store(self.reasonp, self.gen.reason(
+            f"key {shown} is not among the first {8 * MAX_LOOKUP_GROUPS} slots that an event program searches (the "
+            "map is larger; a snapshot searches it whole)"))
+        f.br(fail)
+        f.block(hit)
+        return ("user", elem)
+
+    def _lookup_slot(self, shape, step: A.MapLookupStep, live: str, key_addr: str, elem_addr: str,
+                     found: str) -> None:
+        """Compare one slot's key with the constant; when it is live and matches, its element's address goes to
+        *found*. Without branches: each would double the paths the verifier explores, slot after slot."""
+        f = self.fn
+        if shape.key_indirect:
+            key_addr = self._slot_pointer(key_addr)
+        if shape.elem_indirect:
+            elem_addr = self._slot_pointer(elem_addr)
+        tmp = f.gep(self.scratch, TMP_OFF)
+        conds = [live]
+        if isinstance(step.key, bytes):
+            k = step.key
+            conds.append(f.icmp("eq", f.op(f"zext i1 {self.read_user(tmp, 16, key_addr)} to i64"), 0))
+            conds.append(f.icmp("eq", f.load(f.gep(tmp, 8)), len(k)))
+            if k:
+                buf = f.gep(self.scratch, LOOKUP_KEY_OFF)
+                conds.append(f.icmp("eq", f.op(f"zext i1 {self.read_user(buf, len(k), f.load(tmp))} to i64"), 0))
+                for off in range(0, len(k), 8):
+                    chunk = k[off:off + 8]
+                    if len(chunk) in (1, 2, 4, 8):
+                        conds.append(f.icmp("eq", f.load(f.gep(buf, off), 8 * len(chunk)),
+                                            int.from_bytes(chunk, "little")))
+                    else:
+                        conds.extend(f.icmp("eq", f.load(f.gep(buf, off + j), 8), byte) for j, byte in enumerate(chunk))
+        else:
+            size = step.key_size
+            conds.append(f.icmp("eq", f.op(f"zext i1 {self.read_user(tmp, size, key_addr)} to i64"), 0))
+            conds.append(f.icmp("eq", f.load(tmp, 8 * size), step.key & ((1 << (8 * size)) - 1)))
+        match = conds[0]
+        for c in conds[1:]:
+            match = f.op(f"and i1 {match}, {c}")
+        prev = f.load(found, volatile=True)
+        f.store(found, f.select(f.op(f"and i1 {match}, {f.icmp('eq', prev, 0)}"), elem_addr, prev))
+
+    def _lookup_eight(self, shape, step, valid: str, marks_addr: str, slot, found: str) -> None:
+        """Eight slots of a group or bucket, when *valid*: their mark bytes say which are live."""
+        f = self.fn
+        marks = f.gep(self.scratch, TMP_OFF + 32)
+        bad = self.read_user(marks, 8, marks_addr)
+        valid = f.op(f"and i1 {valid}, {f.icmp('eq', f.op(f'zext i1 {bad} to i64'), 0)}")
+
+        def one(i: str) -> None:
+            live, key, elem = slot(i, f.load(f.gep(marks, f.and_(f.barrier(i), 7)), 8))
+            self._lookup_slot(shape, step, f.op(f"and i1 {valid}, {live}"), key, elem, found)
+
+        self.loop(8, one)
+
+    # The walks below have no branches but their loops': each branch would double the states the verifier
+    # keeps, visit after visit (a few lookups in one program passed its limit of 8192 pending states). Reads
+    # that a step does not need are made anyway (from address 0 when there is nothing to read) and ignored.
+    def _swiss_lookup(self, shape: V.SwissMap, step, hdr: str, st) -> None:
+        """Groups in directory order: the state holds the current table's groups (address, count left)."""
+        f = self.fn
+        found, cut, table_i, groups, left, last = st(0), st(1), st(2), st(3), st(4), st(5)
+        dir_ptr, dir_len = f.load(f.gep(hdr, shape.dir_ptr_off)), f.load(f.gep(hdr, shape.dir_len_off))
+        small = f.icmp("eq", dir_len, 0)
+        # A small map is one group at dir_ptr; otherwise tables are taken from the directory as groups run out.
+        f.store(groups, f.select(small, dir_ptr, 0))
+        f.store(left, f.select(small, 1, 0))
+        f.store(table_i, 0)
+        f.store(last, 0)
+        tmp = f.gep(self.scratch, TMP_OFF + 48)
+        th = f.gep(self.scratch, STAGE_OFF + (STAGE_LEVELS - 2) * STAGE_SIZE)
+        span = max(shape.groups_data_off, shape.groups_mask_off) + 8
+        vol = lambda p: f.load(p, volatile=True)  # noqa: E731
+
+        def visit(_v: str) -> None:
+            ti = vol(table_i)
+            in_dir = f.op(f"and i1 {f.icmp('ult', ti, dir_len)}, {f.icmp('ult', ti, MAX_LOOKUP_TABLES)}")
+            can = f.op(f"and i1 {f.icmp('eq', vol(left), 0)}, {in_dir}")
+            bad = self.read_user(tmp, 8, f.select(can, f.add(dir_ptr, f.mul(ti, 8)), 0))
+            t = f.select(bad, 0, f.load(tmp))
+            prev = vol(last)
+            other = f.op(f"and i1 {f.icmp('ne', t, 0)}, {f.icmp('ne', t, prev)}")
+            fresh = f.op(f"and i1 {can}, {other}")
+            f.store(table_i, f.select(can, f.add(ti, 1), ti))
+            f.store(last, f.select(fresh, t, prev))
+            bad = self.read_user(th, span, f.select(fresh, t, 0))
+            ok = f.op(f"and i1 {fresh}, {f.icmp('eq', f.op(f'zext i1 {bad} to i64'), 0)}")
+            f.store(groups, f.select(ok, f.load(f.gep(th, shape.groups_data_off)), vol(groups)))
+            f.store(left, f.select(ok, f.add(f.load(f.gep(th, shape.groups_mask_off)), 1), vol(left)))
+            n_left, group = vol(left), vol(groups)
+            valid = f.op(f"and i1 {f.icmp('ne', n_left, 0)}, {f.icmp('eq', vol(found), 0)}")
+
+            def slot(i: str, c: str) -> tuple[str, str, str]:
+                s_addr = f.add(f.add(group, shape.slots_off), f.mul(i, shape.slot_size))
+                return f.icmp("eq", f.and_(c, 0x80), 0), f.add(s_addr, shape.key_off), f.add(s_addr, shape.elem_off)
+
+            self._lookup_eight(shape, step, valid, f.select(valid, f.add(group, shape.ctrl_off), 0), slot, found)
+            f.store(groups, f.select(valid, f.add(group, shape.group_size), group))
+            f.store(left, f.select(valid, f.sub(n_left, 1), n_left))
+
+        self.loop(MAX_LOOKUP_GROUPS, visit)
+        self._mark_cut(found, cut, f.op(f"or i1 {f.icmp('ne', vol(left), 0)}, {f.icmp('ult', vol(table_i), dir_len)}"))
+
+    def _classic_lookup(self, shape: V.ClassicMap, step, hdr: str, st) -> None:
+        """Buckets in order, each with its overflow chain (old buckets of a growing map are not searched)."""
+        f = self.fn
+        found, cut, bucket, index, chain = st(0), st(1), st(2), st(3), st(4)
+        B = f.op(f"and i64 {f.load(f.gep(hdr, shape.b_off), 8)}, 31")
+        nb = f.op(f"shl i64 1, {B}")
+        old = f.load(f.gep(hdr, shape.oldbuckets_off))
+        base = f.load(f.gep(hdr, shape.buckets_off))
+        f.store(index, 0)
+        f.store(bucket, base)
+        f.store(chain, 0)
+        ks, es = V.slot_footprints(shape)
+        tmp = f.gep(self.scratch, TMP_OFF + 48)
+        vol = lambda p: f.load(p, volatile=True)  # noqa: E731
+
+        def visit(_v: str) -> None:
+            i, b, c = vol(index), vol(bucket), vol(chain)
+            valid = f.op(f"and i1 {f.icmp('ult', i, nb)}, {f.icmp('eq', vol(found), 0)}")
+
+            def slot(j: str, t: str) -> tuple[str, str, str]:
+                return (f.icmp("uge", t, 5), f.add(f.add(b, shape.keys_off), f.mul(j, ks)),
+                        f.add(f.add(b, shape.elems_off), f.mul(j, es)))
+
+            self._lookup_eight(shape, step, valid, f.select(valid, f.add(b, shape.tophash_off), 0), slot, found)
+            # Next: the overflow bucket, else the next bucket of the array.
+            bad = self.read_user(tmp, 8, f.select(valid, f.add(b, shape.overflow_off), 0))
+            over = f.select(bad, 0, f.load(tmp))
+            chained = f.op(f"and i1 {f.icmp('ne', over, 0)}, {f.icmp('ult', c, MAX_CHAIN)}")
+            follow = f.op(f"and i1 {valid}, {chained}")
+            step_on = f.op(f"and i1 {valid}, {f.op(f'xor i1 {follow}, true')}")
+            nxt = f.add(i, 1)
+            f.store(index, f.select(step_on, nxt, i))
+            f.store(chain, f.select(follow, f.add(c, 1), f.select(step_on, 0, c)))
+            f.store(bucket, f.select(follow, over, f.select(step_on, f.add(base, f.mul(nxt, shape.bucket_size)), b)))
+
+        self.loop(MAX_LOOKUP_GROUPS, visit)
+        # Old buckets not evacuated yet may hold the key too: a miss while the map grows is not conclusive.
+        self._mark_cut(found, cut, f.op(f"or i1 {f.icmp('ult', vol(index), nb)}, {f.icmp('ne', old, 0)}"))
+
+    def _mark_cut(self, found: str, cut: str, unfinished: str) -> None:
+        f = self.fn
+        f.store(cut, f.select(unfinished, 1, f.load(cut, volatile=True)))
 
     def length(self, state, step, fail: str) -> str:
         f = self.fn
@@ -1113,8 +1381,11 @@ class _SiteProgram(_Program):
         f.store(self.reasonp, self.gen.reason("the dynamic type is not the asserted type"))
         f.cbr(f.icmp("ne", f.sub(typ, self.types_base), step.runtime_type), fail, ok)
         f.block(ok)
-        result = self.table[path.type]
-        if result.direct_iface:
+        # Whether the asserted type's values sit in the data word itself (pointers): the asserted type's own
+        # entry, not the path's result (``e.(*T).f`` continues past the assertion).
+        tid = self.table.by_runtime_type.get(step.runtime_type)
+        asserted = self.table[tid if tid is not None else path.type]
+        if asserted.direct_iface:
             hand = f.gep(self.scratch, HAND_OFF)
             f.store(hand, data)
             f.store(f.gep(hand, 8), 0)
@@ -2057,7 +2328,7 @@ def _first_unreadable_piece(loc: E.Location) -> str | None:
     """Why a location cannot be read without the frame's registers (the first piece that needs them)."""
     for p in loc:
         if p.kind == E.UNAVAILABLE:
-            return "optimised away at this PC"
+            return p.reason or "optimised away at this PC"
         if p.kind == E.REGISTER:
             return "held in a register, which Go does not preserve across calls"
         if p.kind == E.REGISTER_MEMORY:
@@ -2132,7 +2403,7 @@ def _covers(c: VariableCapture, pc: int) -> bool:
     return c.path is not None and c.path.root == "" or any(r.low <= pc < r.high for r in c.locations)
 
 
-def _group(captures) -> list[tuple[str, list[VariableCapture]]]:
+def capture_groups(captures) -> list[tuple[str, list[VariableCapture]]]:
     out: dict[str, list[VariableCapture]] = {}
     for c in captures:
         out.setdefault(c.label, []).append(c)

@@ -49,7 +49,9 @@ class EventSession:
         """*plan* is rebased by *bias* (a PIE's load bias in these processes); probes attach at file offsets."""
         self.plan = plan
         self.bias = bias
-        self.path = os.path.realpath(binary_path)
+        # /proc/PID/exe stays as it is: the kernel follows it to the file the process runs, even one whose path
+        # was deleted or now names another file; its resolved name would not.
+        self.path = binary_path if binary_path.startswith("/proc/") else os.path.realpath(binary_path)
         self.pids = tuple(pids)
         self._closables: list = []
         self.programs: list[LoadedProgram] = []
@@ -104,7 +106,7 @@ class EventSession:
         (only called after a rejection, to name the expression in the error)."""
         site = self.plan.sites[index]
         bad = []
-        for label, caps in G._group(site.captures):
+        for label, caps in G.capture_groups(site.captures):
             alone = attrs.evolve(site, captures=tuple(caps), returns=(), condition=None)
             plan = attrs.evolve(self.plan, sites=(alone,), callers=(), stack=False)
             try:

@@ -15,6 +15,7 @@ Conventions the rest of the backend relies on:
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import tempfile
 import threading
@@ -119,6 +120,9 @@ def _compile_in_child(ir_text: str, name: str, tm) -> bytes:
             try:
                 os.close(out_r)
                 os.dup2(err.fileno(), 2)
+                # LLVM aborts on some errors: its message goes to the diagnostics file; a fault handler the
+                # parent enabled (pytest does) would also dump Python's stacks on its own copy of stderr.
+                faulthandler.disable()
                 try:
                     payload = b"O" + _compile(ir_text, name, tm)
                 except CodegenError as e:

@@ -24,7 +24,7 @@ import struct
 import attrs
 
 from goprobe.backends.ebpf import event_codegen as G
-from goprobe.backends.ebpf.event_codegen import HALF, TMP_OFF, _group, _SiteProgram
+from goprobe.backends.ebpf.event_codegen import HALF, TMP_OFF, _SiteProgram, capture_groups
 from goprobe.backends.ebpf.ir_text import Function, Module
 from goprobe.backends.ebpf.llvm_target import DebugInfo
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, SnapshotPlan
@@ -63,8 +63,9 @@ PC_CACHE_BITS = 16  # the PC cache's slots: 2**16 entries of (pc, row)
 PC_CACHE_ENTRY = 8 + ROW.size
 PC_HASH = 0x9E3779B97F4A7C15 - (1 << 64)  # Fibonacci hashing (as a signed i64 constant for LLVM)
 
-# g address, goid, status, wait reason, frames, truncated, go statement's PC, creator's goid, waitsince, lockedm
-GOROUTINE_HEADER = struct.Struct("<QQIIIIQQQQ")
+# g address, goid, status, wait reason, frames, truncated, go statement's PC, creator's goid, waitsince, lockedm,
+# labels (the pprof label set's address)
+GOROUTINE_HEADER = struct.Struct("<QQIIIIQQQQQ")
 FRAME_HEADER = struct.Struct("<QQI")  # pc, sp, plan set
 
 
@@ -189,7 +190,7 @@ class _SnapshotGenerator:
         prog = _SnapshotProgram(self, n_rows, plan_sets)
         prog.emit()
         slots = tuple(tuple((label, next((c.type for c in cands if c.type is not None), None))
-                            for label, cands in _group(fp.captures)) for fp in self.plan.frames)
+                            for label, cands in capture_groups(fp.captures)) for fp in self.plan.frames)
         return GeneratedSnapshot(self.module.text(), tuple(self.reasons), tuple(plan_sets), slots)
 
 
@@ -387,7 +388,7 @@ class _SnapshotProgram(_SiteProgram):
         f.block(nonzero)
         needed = max(gl.goid, gl.status, gl.sched_pc, gl.sched_sp, gl.sched_bp, gl.syscall_sp, gl.syscall_pc,
                      gl.stack_lo, gl.stack_hi, gl.m, gl.waitreason, gl.gopc, gl.parent_goid, gl.waitsince,
-                     gl.lockedm) + 8
+                     gl.lockedm, gl.labels) + 8
         needed = min(needed, gl.g_size, G_MAX)
         g = self.g_copy(gp, k, needed, skip)
         status = f.and_(f.load(f.gep(g, gl.status), 8 * gl.status_size), (1 << 32) - 1 - G_SCAN)
@@ -432,8 +433,8 @@ class _SnapshotProgram(_SiteProgram):
         f.store(f.gep(head, 8), f.load(f.gep(g, gl.goid)))
         f.store(f.gep(head, 16), status, 32)
         f.store(f.gep(head, 20), f.load(f.gep(g, gl.waitreason), 8), 32)
-        for at, off in ((32, gl.gopc), (40, gl.parent_goid), (48, gl.waitsince), (56, gl.lockedm)):
-            f.store(f.gep(head, at), f.load(f.gep(g, off)))
+        for at, off in ((32, gl.gopc), (40, gl.parent_goid), (48, gl.waitsince), (56, gl.lockedm), (64, gl.labels)):
+            f.store(f.gep(head, at), f.load(f.gep(g, off)) if off else 0)
         f.store(self.posp, GOROUTINE_HEADER.size)
         frames = self.gen.plan.max_frames
         f.helper("loop", f"i32 {frames}", "ptr @per_frame", "ptr %state", "i64 0")
@@ -709,17 +710,21 @@ class _SnapshotProgram(_SiteProgram):
             if not fp.captures or (self.gen.only is not None and k not in self.gen.only):
                 continue
             captures = []
-            for j, (label, cands) in enumerate(_group(fp.captures)):
+            for j, (label, cands) in enumerate(capture_groups(fp.captures)):
                 name = f"cap{k}_{j}"
-                fn = self._function(name, params, "i64", True)
+                # Global too where the plan's is: the verifier then checks each capture on its own, and what
+                # one capture's branches cost it does not add up with the next one's.
+                fn = self._function(name, params, "i64", not alone)
                 captures.append((name, self._last_subprogram))
                 self._enter(fn, state)
                 self.stack_copy = True
                 self.root_mode = self.gen.root_modes.get(name)
+                self.path_fixup = (k << 12) | j if j < 1 << 12 and k < 1 << 19 else None
                 # PC and CFA come opaquely from scratch: what the verifier learns about the PC while choosing
                 # this capture's location range dies here instead of splitting the caller's paths.
                 self.capture_in_caller(label, cands, self.vload(SLOT_PLAN_PC), self.vload(SLOT_PLAN_CFA))
                 self.root_mode = None
+                self.path_fixup = None
                 self.fn.ret("0")
             name = f"plan{k}"
             fn = self._function(name, params, "i64", not alone)

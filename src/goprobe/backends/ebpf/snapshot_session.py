@@ -243,7 +243,7 @@ class EbpfSnapshotter:
                 # One frame plan whose captures the verifier cannot walk: the interpreter writes them in the
                 # pause, the program only hands it their roots.
                 every = {f"cap{k}_{j}": "defer" for k in plans
-                         for j in range(len(S._group(self.plan.frames[k].captures)))}
+                         for j in range(len(G.capture_groups(self.plan.frames[k].captures)))}
                 return [_Shard(self, frozenset(plans), glim, pid, ring, index, worker, every)]
             half = len(plans) // 2
             return (self._load(plans[:half], glim, pid, ring, worker)
@@ -317,12 +317,14 @@ class EbpfSnapshotter:
             out: dict[int, list[tuple[int, int, bytes]]] = {}
             for raw in (rec for shard in part for rec in shard.fixup_reader.consume()):
                 gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
-                if tid >= len(self.plan.types.entries):
-                    continue
                 enc = ValueEncoder(self.plan.types, memory, limits, rt, deadline)
                 enc.dictionary = dictionary
                 enc.begin_value()
-                if size == G.BY_ADDRESS:
+                if tid & G.PATH_FIXUP:
+                    self._path_fixup(enc, tid & ~G.PATH_FIXUP, size, data)
+                elif tid >= len(self.plan.types.entries):
+                    continue
+                elif size == G.BY_ADDRESS:
                     enc.value_at(tid, int.from_bytes(data[:8], "little"), depth)
                 else:
                     enc.value_from_bytes(tid, data[:size], depth)
@@ -334,6 +336,31 @@ class EbpfSnapshotter:
                         "and the process was resumed; raise limits.pause_ms or capture less")
             result.append(out)
         return result
+
+    def _path_fixup(self, enc, which: int, size: int, data: bytes) -> None:
+        """A capture the program handed over at its root: its whole access path evaluated here, then its value
+        (or the reason the path has none, e.g. a key that is not in the map)."""
+        from goprobe.backends.interpreter.access import PathError, evaluate
+        from goprobe.backends.interpreter.values import reason_value
+
+        k, j = which >> 12, which & 0xFFF
+        try:
+            _label, cands = G.capture_groups(self.plan.frames[k].captures)[j]
+        except IndexError:
+            enc.out += reason_value("internal error: unknown capture")
+            return
+        cap = next(c for c in cands if c.type is not None)
+        root = dict(addr=int.from_bytes(data[:8], "little")) if size == G.BY_ADDRESS else dict(data=bytes(data[:size]))
+        try:
+            st = evaluate(enc, cap.path, **root)
+        except PathError as exc:
+            enc.out += reason_value(str(exc))
+            return
+        tsize = self.plan.types[cap.type].size
+        if st.data is not None:
+            enc.value_from_bytes(cap.type, st.data[:tsize].ljust(tsize, b"\0"))
+        else:
+            enc.value_at(cap.type, st.addr)
 
     def raw_snapshot(self, records: list[list[bytes]], running: dict[int, RawGoroutine],
                      fixups: list[dict[int, list[tuple[int, int, bytes]]]] | None = None) -> RawSnapshot:
@@ -366,7 +393,7 @@ class EbpfSnapshotter:
                     else:
                         ordered = hits.values()  # made in plan-set (rank) order
                     merged.append(RawFrame(pc, sp, False, tuple((fn, inl, caps) for fn, inl, caps, _r in ordered)))
-                rg = RawGoroutine(goid, status, wait, None, tuple(merged), bool(truncated), *extras)
+                rg = RawGoroutine(goid, status, wait, None, tuple(merged), bool(truncated), *extras, g=gp)
             if plan.goroutine_filter is not None and not any(
                     lo <= f.pc - (0 if f.top else 1) < hi for f in rg.frames for lo, hi in plan.goroutine_filter):
                 continue
@@ -424,8 +451,8 @@ class EbpfSnapshotter:
                 # so far are kept and the goroutine says it was cut.
                 errors.append(f"goroutine {goid}: its record ended after {len(frames)} of {nframes} frames")
                 truncated = 1
-            gopc, parent, since, lockedm = extras
-            out.append((gp, goid, status, wait, truncated, frames, (gopc, parent, since, lockedm != 0)))
+            gopc, parent, since, lockedm, labels = extras
+            out.append((gp, goid, status, wait, truncated, frames, (gopc, parent, since, lockedm != 0, labels)))
         return out
 
     def close(self) -> None:
@@ -475,10 +502,15 @@ def _captures(raw: bytes, pos: int, slots, reasons) -> tuple[tuple[RawCapture, .
     out = []
     for label, tid in slots:
         state = raw[pos]
-        if state == G.CAPTURE_UNAVAILABLE:
+        if state in (G.CAPTURE_UNAVAILABLE, G.CAPTURE_PARTIAL):
             code = raw[pos + 1]
-            out.append(RawCapture(label, tid, None, reasons[code] if code < len(reasons) else "unavailable"))
-            pos += 2
+            why = reasons[code] if code < len(reasons) else "unavailable"
+            if state == G.CAPTURE_PARTIAL:
+                out.append(RawCapture(label, tid, None, why, struct.unpack_from("<q", raw, pos + 2)[0]))
+                pos += 10
+            else:
+                out.append(RawCapture(label, tid, None, why))
+                pos += 2
             continue
         (length,) = _U32.unpack_from(raw, pos + 1)
         start = pos + 5

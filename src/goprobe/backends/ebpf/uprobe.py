@@ -140,7 +140,9 @@ def attach_uprobes(program: LoadedProgram, path: str | os.PathLike[str], offsets
     Raises :class:`AttachProcessNotFoundError` for a pid that does not exist, :class:`AttachError` for a bad
     path or offset or a process that does not map the binary.
     """
-    path = os.path.realpath(os.fspath(path))
+    path = os.fspath(path)
+    if not path.startswith("/proc/"):  # /proc/PID/exe: the kernel follows it to the file the process runs
+        path = os.path.realpath(path)
     offsets = tuple(dict.fromkeys(int(o) for o in offsets))
     pids = tuple(dict.fromkeys(int(p) for p in pids))
     if not offsets:

@@ -100,15 +100,16 @@ def _lookup(enc: ValueEncoder, st: _State, step: A.MapLookupStep) -> _State:
     hdr = enc.map_header(shape, m)
     if hdr is None:
         raise PathError(f"map header at {m:#x} is not readable")
+    key = f'"{step.key.decode("utf-8", "replace")}"' if isinstance(step.key, bytes) else str(step.key)
     for key_addr, elem_addr in enc.map_slots(shape, m, hdr):
         if _key_matches(enc, key_addr, step):
             return _State(elem_addr)
     if enc.timed_out:
-        raise PathError(f"key {step.key!r} not found before the pause limit was reached; raise limits.pause_ms")
+        raise PathError(f"key {key} not found before the pause limit was reached; raise limits.pause_ms")
     if enc.scan_cut:
-        raise PathError(f"key {step.key!r} not found in the part of the map that was searched (the map is too "
+        raise PathError(f"key {key} not found in the part of the map that was searched (the map is too "
                         "large to search whole)")
-    raise PathError(f"key {step.key!r} is not in the map")
+    raise PathError(f"key {key} is not in the map")
 
 
 def _key_matches(enc: ValueEncoder, key_addr: int, step: A.MapLookupStep) -> bool:

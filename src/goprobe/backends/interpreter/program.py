@@ -21,7 +21,7 @@ from goprobe.ir import values as V
 from goprobe.ir.verify import VerificationError, verify
 
 MAGIC = b"GOPROBE\x00"
-VERSION = 3  # 3: map key/elem_indirect, Opaque.reason
+VERSION = 5  # 3: map key/elem_indirect, Opaque.reason; 4: Piece.reason; 5: pprof labels
 
 # Node tags: the position in this tuple, plus one. Append only; a change of meaning needs a new VERSION.
 NODES: tuple[type, ...] = (

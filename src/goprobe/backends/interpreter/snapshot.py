@@ -18,12 +18,14 @@ from goprobe.backends.interpreter.page_cache import PageCache
 from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 from goprobe.dwarf import expressions as E
 from goprobe.ir import values as V
+from goprobe.ir.location_checks import known_length
 from goprobe.ir.snapshot import G_DEAD, G_SCAN, FramePlan, SnapshotPlan
 
 G_RUNNING, G_SYSCALL = 2, 3
 
 
 _U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
 RSP, RBP, RIP = 7, 6, 16
 
 # DWARF register number → name in a ThreadState's regs (amd64).
@@ -41,6 +43,7 @@ class RawCapture:
     type: int | None
     data: bytes | None  # value stream of one value; None with `unavailable`
     unavailable: str | None = None
+    known_len: int | None = None  # an unavailable string or slice whose length is known
 
 
 @attrs.frozen(slots=True)
@@ -63,6 +66,8 @@ class RawGoroutine:
     parent_goid: int = 0
     waitsince: int = 0  # nanotime; 0: not known
     locked: bool = False  # locked to its thread (runtime.LockOSThread)
+    labels: int = 0  # g.labels at the pause: its pprof label set (read after the process resumes)
+    g: int = 0  # the g's address
 
 
 @attrs.frozen(slots=True)
@@ -248,7 +253,7 @@ class SnapshotInterpreter:
             pc, sp, bp = u64(gl.sched_pc), u64(gl.sched_sp), u64(gl.sched_bp)
         frames, truncated = self._unwind(pc, sp, bp, regs)
         tid = thread.tid if thread is not None else None
-        return RawGoroutine(goid, status, g[gl.waitreason], tid, tuple(frames), truncated, *gl.extras(g))
+        return RawGoroutine(goid, status, g[gl.waitreason], tid, tuple(frames), truncated, *gl.extras(g), g=gp)
 
     def _pc_info(self, pc: int) -> tuple:
         """Per-PC facts, memoised for the run: (CFA register, CFA offset) or None, whether unwinding stops
@@ -287,7 +292,11 @@ class SnapshotInterpreter:
                 cfa = bp + 16  # no CFI: follow the frame pointer chain
             else:
                 cfa = None
-            captures = tuple((fp.function, fp.inlined, self._capture_frame(fp, lookup, cfa, regs if top else None))
+            # A frame looked up at its return address minus one is stopped at a call: its captures use the
+            # locations judged by the runtime's liveness maps there.
+            caller = lookup != pc
+            captures = tuple((fp.function, fp.inlined,
+                              self._capture_frame(fp, lookup, cfa, regs if top else None, caller))
                              for fp in plans) if plans else ()
             frames.append(RawFrame(pc, sp, top, captures))
             if stop or cfa is None:
@@ -307,7 +316,8 @@ class SnapshotInterpreter:
         return frames, True
 
     # -- captures ---------------------------------------------------------------------------------------
-    def _capture_frame(self, fp: FramePlan, pc: int, cfa: int | None, regs) -> tuple[RawCapture, ...]:
+    def _capture_frame(self, fp: FramePlan, pc: int, cfa: int | None, regs, caller: bool = False
+                       ) -> tuple[RawCapture, ...]:
         out: list[RawCapture] = []
         done: set[str] = set()
         self._dictionary = self._frame_dictionary(fp, pc, cfa, regs) if fp.dictionary else 0
@@ -323,7 +333,7 @@ class SnapshotInterpreter:
                 out.append(self._finish(cap, addr=cap.path.global_address))
                 continue
             loc = None
-            for r in cap.locations:
+            for r in cap.locations_for(caller):
                 if r.low <= pc < r.high:
                     loc = r.location
                     break
@@ -358,7 +368,7 @@ class SnapshotInterpreter:
             want = piece.size if piece.size is not None else root_size
             got, why = self._piece(piece, want, cfa, regs)
             if got is None:
-                return RawCapture(cap.label, cap.type, None, why)
+                return RawCapture(cap.label, cap.type, None, why, self._known_len(cap, loc, cfa, regs))
             data += got
         data = bytes(data).ljust(root_size, b"\0")
         if cap.escaped:  # the slot holds the address of the heap copy
@@ -367,6 +377,14 @@ class SnapshotInterpreter:
             # A scalar in hand: its value-stream encoding is the OK status byte and its bytes.
             return RawCapture(cap.label, cap.type, b"\x00" + data[:self._scalars[cap.type]])
         return self._finish(cap, data=data)
+
+    def _known_len(self, cap, loc: E.Location, cfa: int | None, regs) -> int | None:
+        root = self.plan.types[cap.root_type if cap.root_type is not None else cap.type].shape
+        piece = known_length(loc, root, not cap.escaped and (cap.path is None or not cap.path.steps))
+        if piece is None:
+            return None
+        got, _why = self._piece(piece, 8, cfa, regs)
+        return None if got is None else _I64.unpack(got.ljust(8, b"\0"))[0]
 
     def _finish(self, cap, *, addr: int | None = None, data: bytes | None = None) -> RawCapture:
         """Follow the capture's access path from its root, then encode the result."""
@@ -389,7 +407,7 @@ class SnapshotInterpreter:
 
     def _piece(self, p: E.Piece, size: int, cfa: int | None, regs) -> tuple[bytes | None, str]:
         if p.kind == E.UNAVAILABLE:
-            return None, "optimised away at this PC"
+            return None, p.reason or "optimised away at this PC"
         if p.kind == E.IMPLICIT:
             return p.value[:size].ljust(size, b"\0"), ""
         if p.kind == E.REGISTER:
@@ -421,6 +439,31 @@ class SnapshotInterpreter:
         if data is None:
             return None, f"memory at {addr:#x} is not readable"
         return data, ""
+
+
+def goroutine_labels(raw: RawSnapshot, plan: SnapshotPlan, memory, limits) -> dict[int, bytes | str]:
+    """The pprof labels of each goroutine that had some at the pause, read after the process resumed (they
+    never lengthen the pause): goid → the label set's encoded value, or why it is not shown.
+
+    A label set is never changed once made (setting labels makes a new one), and it stays alive while g.labels
+    holds it: so one read while g.labels still holds the pointer seen in the pause is the set of the pause."""
+    gl = plan.goroutines
+    out: dict[int, bytes | str] = {}
+    if plan.labels_type is None or not gl.labels:
+        return out
+    rt = RuntimeTypeInfo(plan.interfaces)
+    for g in raw.goroutines:
+        if not g.labels or not g.g:
+            continue
+        enc = ValueEncoder(plan.types, memory, limits, rt)
+        enc.begin_value()
+        enc.value_at(plan.labels_type, g.labels)
+        now = memory.read(g.g + gl.labels, 8)
+        if now is None or int.from_bytes(now, "little") != g.labels:
+            out[g.goid] = "the goroutine's labels changed before they could be read"
+        else:
+            out[g.goid] = bytes(enc.out)
+    return out
 
 
 def running_goroutines(plan: SnapshotPlan, memory, threads: Sequence, limits,

@@ -16,6 +16,14 @@ from goprobe.ir import values as V
 OK = 0
 UNREADABLE = 1  # followed by u64 address
 BUDGET = 2  # the snapshot's output budget ran out
+REASON = 4  # the value could not be evaluated: followed by u16 length and a UTF-8 reason (3 is the eBPF
+# backend's placeholder for a value it leaves to goprobe; it never reaches a decoder)
+
+
+def reason_value(reason: str) -> bytes:
+    """A whole value that says why it is not there (e.g. a map lookup whose key is absent)."""
+    raw = reason.encode()[:0xFFFF]
+    return bytes([REASON]) + struct.pack("<H", len(raw)) + raw
 
 # Pointer kinds.
 PTR_NIL, PTR_FOLLOWED, PTR_SEEN, PTR_DEPTH, PTR_OPAQUE = 0, 1, 2, 3, 4
