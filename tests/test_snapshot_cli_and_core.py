@@ -76,6 +76,22 @@ def test_several_processes_make_one_bundle(newest_version):
         assert sorted(markers) == [d * 1000 + 7 for d in range(1, 151)]
 
 
+def test_processes_of_one_executable_share_one_plan(newest_version, monkeypatch):
+    """A bundle compiles its plans before it pauses any process, once per executable: three processes of one
+    program cost one compilation, and each gets its own goroutines."""
+    import goprobe.snapshot as S
+
+    calls = []
+    real = S.compile_request
+    monkeypatch.setattr(S, "compile_request", lambda b, req: calls.append(b.path) or real(b, req))
+    binary = build_fixture("goroutines", newest_version, "debug")
+    with running(binary) as p1, running(binary) as p2, running(binary) as p3:
+        result = take_snapshot([p1.pid, p2.pid, p3.pid], {"main.recurse": ["depth"]})
+        goids = [{g["goid"] for g in p["goroutines"]} for p in result["processes"]]
+    assert len(calls) == 1
+    assert [p["status"] for p in result["processes"]] == ["ok"] * 3 and all(len(g) > 10 for g in goids)
+
+
 def test_cli_snapshot_text_and_json(newest_version, tmp_path):
     binary = build_fixture("goroutines", newest_version, "opt")
     with running(binary, ["-n", "200"]) as proc:

@@ -204,19 +204,37 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     req = _as_request(request, limits, goroutine_filter)
     out: list[dict[str, Any]] = []
     failures: list[GoprobeError] = []
-    for pid in pids:
-        try:
-            proc = _snapshot_one(pid, req, binary, backend, debug_file)
-            proc["status"] = "ok"
-            out.append(proc)
-        except GoprobeError as exc:
-            # One process that cannot be snapshotted (gone, stripped, no permission, a request its build
-            # cannot satisfy...) is reported in the bundle; the others are still taken. One that exited while
-            # it was being taken is gone, whatever step noticed it first.
-            failures.append(exc)
-            kind = error_kind(exc) if _running(pid) else "PROCESS_GONE"
-            out.append({"pid": pid, "status": "error", "error": {"kind": kind, "message": str(exc)},
-                        "goroutines": []})
+    # Every process's plan is compiled before any is taken, once per executable (processes that run the same
+    # file share it): short-lived processes of a bundle (a build's compilers) are still there when their turn
+    # comes, and ten processes of one program cost one compilation.
+    shared: dict[tuple[int, int], tuple[GoBinary, SnapshotPlan]] = {}
+    prepared: dict[int, tuple[GoBinary, SnapshotPlan] | GoprobeError] = {}
+    try:
+        for pid in pids:
+            try:
+                prepared[pid] = _prepare(pid, req, binary, debug_file, shared)
+            except GoprobeError as exc:
+                prepared[pid] = exc
+        for pid in pids:
+            try:
+                ready = prepared[pid]
+                if isinstance(ready, GoprobeError):
+                    raise ready
+                proc = _snapshot_one(pid, req, *ready, backend)
+                proc["status"] = "ok"
+                out.append(proc)
+            except GoprobeError as exc:
+                # One process that cannot be snapshotted (gone, stripped, no permission, a request its build
+                # cannot satisfy...) is reported in the bundle; the others are still taken. One that exited
+                # while it was being taken is gone, whatever step noticed it first.
+                failures.append(exc)
+                kind = error_kind(exc) if _running(pid) else "PROCESS_GONE"
+                out.append({"pid": pid, "status": "error", "error": {"kind": kind, "message": str(exc)},
+                            "goroutines": []})
+    finally:
+        if binary is None:
+            for b, _plan in shared.values():
+                b.close()
     if failures and len(failures) == len(pids):
         raise failures[0]  # nothing was taken: the one error says why (a single process behaves as before)
     result: dict[str, Any] = {"processes": out}
@@ -252,49 +270,67 @@ def error_kind(exc: BaseException) -> str:
     return "ERROR"
 
 
-def _snapshot_one(pid: int, req, binary: GoBinary | None, backend: str, debug_file: str | None = None
-                  ) -> dict[str, Any]:
-    """One process of a bundle: compile for its binary, pause it, read, resume, decode."""
-    from goprobe.errors import GoprobeError, ProcessNotFoundError
-    from goprobe.process import pause
+def _prepare(pid: int, req, binary: GoBinary | None, debug_file: str | None,
+             shared: dict[tuple[int, int], tuple[GoBinary, SnapshotPlan]]) -> tuple[GoBinary, SnapshotPlan]:
+    """The binary of process *pid* and the request's plan for it (at link-time addresses), shared by the
+    processes that run the same file."""
+    from goprobe.errors import ProcessNotFoundError
 
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessNotFoundError(f"pid {pid} does not exist (did it exit?)")
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+        key = (-1, -1) if binary is not None else (st.st_dev, st.st_ino)
+    except OSError:
+        key = None
+    if key is not None and key in shared:
+        return shared[key]
     b = binary or GoBinary(f"/proc/{pid}/exe", debug_file=debug_file)
     try:
-        bias = load_bias(b, pid)
         # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
-        plan = rebase(load_program(lower_program(compile_request(b, req))), bias)
-        used, note = backend, None
-        if backend in ("ebpf", "auto"):
-            try:
-                proc = _ebpf_snapshot(plan, b, pid, req, bias)
-                proc["backend"] = "ebpf"
-                return proc
-            except GoprobeError as exc:
-                if backend == "ebpf":
-                    raise
-                used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
-        _warm_up(pid, plan)
-        with _no_gc():  # in the pause a collection would lengthen it
-            if plan.frames:
-                with pause(pid) as paused:
-                    raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
-            else:
-                # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
-                with pause(pid) as paused:
-                    copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
-                raw = run_snapshot(plan, copy, paused.threads, req.limits)
-            labels = _labels_after_resume(raw, plan, pid, req)
-            proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias,
-                                             labels=labels), req)
-        proc["backend"] = "interp" if used != "ebpf" else used
-        if note:
-            proc["backend_note"] = note
-        return proc
-    finally:
+        ready = (b, load_program(lower_program(compile_request(b, req))))
+    except BaseException:
         if binary is None:
             b.close()
+        raise
+    shared[key if key is not None else (-2, pid)] = ready
+    return ready
+
+
+def _snapshot_one(pid: int, req, b: GoBinary, linked: SnapshotPlan, backend: str) -> dict[str, Any]:
+    """One process of a bundle: pause it, read, resume, decode (its plan is compiled: :func:`_prepare`)."""
+    from goprobe.errors import GoprobeError
+    from goprobe.process import pause
+
+    bias = load_bias(b, pid)
+    plan = rebase(linked, bias)
+    used, note = backend, None
+    if backend in ("ebpf", "auto"):
+        try:
+            proc = _ebpf_snapshot(plan, b, pid, req, bias)
+            proc["backend"] = "ebpf"
+            return proc
+        except GoprobeError as exc:
+            if backend == "ebpf":
+                raise
+            used, note = "interp", f"the eBPF backend is not usable here ({exc}); used the interpreter"
+    _warm_up(pid, plan)
+    with _no_gc():  # in the pause a collection would lengthen it
+        if plan.frames:
+            with pause(pid) as paused:
+                raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+        else:
+            # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
+            with pause(pid) as paused:
+                copy = copy_stacks(plan, paused.memory, paused.threads, req.limits)
+            raw = run_snapshot(plan, copy, paused.threads, req.limits)
+        labels = _labels_after_resume(raw, plan, pid, req)
+        proc = _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=paused.pause_ns, bias=bias,
+                                         labels=labels), req)
+    proc["backend"] = "interp" if used != "ebpf" else used
+    if note:
+        proc["backend_note"] = note
+    return proc
 
 
 def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
