@@ -216,12 +216,12 @@ def test_pause_limit_bounds_the_reading_of_one_large_value(newest_version, backe
 
     with running(binary, ["-bigmap", str(n)]) as target:
         whole, whole_map = take(60_000)
-        cut, cut_map = take(30)
+        cut, cut_map = take(15)
         _assert_free(target.pid)
     assert not whole.get("errors") and whole_map["@len"] == n and len(whole_map["@entries"]) == n
-    assert any("pause limit of 30 ms" in e for e in cut["errors"])
+    assert any("pause limit of 15 ms" in e for e in cut["errors"])
     assert cut_map["@len"] == n and cut_map.get("@truncated") and len(cut_map["@entries"]) < n
     for k, v in whole_map["@entries"] + cut_map["@entries"]:  # the program's own rule: m[i] = "v" + i
         assert v == f"v{k}"
     # Side by side in one run: the limited pause is a fraction of the whole read's.
-    assert cut["pause_ns"] * 4 < whole["pause_ns"], (cut["pause_ns"], whole["pause_ns"])
+    assert cut["pause_ns"] * 3 < whole["pause_ns"], (cut["pause_ns"], whole["pause_ns"])

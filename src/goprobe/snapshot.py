@@ -366,7 +366,8 @@ def _ebpf_snapshot(plan: SnapshotPlan, b: GoBinary, pid: int, req, bias: int,
                     pid, while_paused, arm=snapper.step_arm, step=(snapper.trigger.address, snapper.workers))
             else:
                 (running, fixups), pause_ns = run_paused(pid, while_paused)
-            # The records wait in the ring buffer: taking them out need not keep the process stopped.
+            # The records wait in the ring buffer: taking them out need not keep the process stopped; nor
+            # does encoding the values copied in the pause (raw_snapshot does).
             raw = snapper.raw_snapshot(snapper.records(), running, fixups)
         labels = _labels_after_resume(raw, plan, pid, req)
         return _filtered(decode_snapshot(raw, plan, b, pid=pid, pause_ns=pause_ns, bias=bias, labels=labels), req)

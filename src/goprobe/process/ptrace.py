@@ -82,6 +82,9 @@ class StepArm:
     pending_rings: tuple[int, ...] = ()
     disarm: tuple[int, ...] = ()  # byte offsets of words set to zero when the step is over
     code: tuple[tuple[int, int], ...] = ()  # only threads stopped at a PC in these ranges are stepped
+    # (byte offset of a u64, ns): that word is set to CLOCK_MONOTONIC + ns when the threads are chosen (the
+    # program's deadline, counted from the stop rather than from when goprobe asked for the pause)
+    deadline: tuple[int, int] = ()
     words: object = attrs.field(default=None, eq=False, repr=False)  # this process's mapping of the map
 
     def bound_to(self, words) -> StepArm:
@@ -92,6 +95,9 @@ class StepArm:
             raise ValueError("StepArm has no mapping of its map in this process (bound_to)")
         for off, worker in self.slots:
             _U64.pack_into(self.words, off, tids[worker % len(tids)])
+        if self.deadline:
+            off, ns = self.deadline
+            _U64.pack_into(self.words, off, time.monotonic_ns() + ns)
 
     def step_over(self) -> None:
         """Clear the *disarm* words (the program must not run again once the threads run)."""

@@ -870,13 +870,13 @@ class _SiteProgram(_Program):
         self.put32(0)
         kind, where = state
         tid = PATH_FIXUP | self.path_fixup
+        root = cap.root_type if cap.root_type is not None else cap.type
         if kind == "local":
-            root = cap.root_type if cap.root_type is not None else cap.type
-            self.defer(tid, where, self.table[root].size, 0, f.load(self.posp, volatile=True))
+            self.defer(tid, where, self.table[root].size, 0, f.load(self.posp, volatile=True), root=root)
         else:
             hand = f.gep(self.scratch, TMP_OFF + 48)
             f.store(hand, where)
-            self.defer(tid, hand, BY_ADDRESS, 0, f.load(self.posp, volatile=True))
+            self.defer(tid, hand, BY_ADDRESS, 0, f.load(self.posp, volatile=True), root=root)
         end = f.load(self.posp, volatile=True)
         at = f.and_(f.barrier(len_at), HALF - 1)
         f.store(f.gep(self.scratch, at), f.sub(end, f.add(len_at, 4)), 32)
@@ -2039,9 +2039,14 @@ class _SiteProgram(_Program):
         f.br(done)
         f.block(done)
 
-    def defer(self, tid: int, p: str, size: int, depth: int, start: str) -> None:
+    def defer(self, tid: int, p: str, size: int, depth: int, start: str, root: int | None = None) -> None:
         """Replace the value begun at *start* by a marker, and send a fix-up (which g, where, type id, the
-        value's bytes) for goprobe to fill in from the paused process."""
+        value's bytes) for goprobe to fill in from the paused process. *root*: for a path fix-up, the type of
+        the path's root (what *p* holds)."""
+        self.fixup_record(tid, p, size, depth, start, self.gen.maps.fixups)
+
+    def fixup_record(self, tid: int, p: str, size: int, depth: int, start: str, ring: int) -> None:
+        """``defer``'s marker and fix-up record, sent to *ring*."""
         f = self.fn
         f.store(self.posp, start)
         marker = f.load(self.posp, volatile=True)
@@ -2056,7 +2061,7 @@ class _SiteProgram(_Program):
         f.store(f.gep(fix, 32), depth)
         f.helper("probe_read_kernel", f"ptr {f.gep(fix, 40)}", f"i64 {8 if size == BY_ADDRESS else min(size, FIX_DATA)}",
                  f"ptr {p}")
-        m = f.map_ptr(self.gen.maps.fixups)
+        m = f.map_ptr(ring)
         f.helper("ringbuf_output", f"ptr {m}", f"ptr {fix}", f"i64 {FIXUP.size}", "i64 0")
 
     def _candidates(self, depth: int) -> list[tuple[int, int]]:

@@ -24,6 +24,7 @@ import struct
 import attrs
 
 from goprobe.backends.ebpf import event_codegen as G
+from goprobe.backends.ebpf.copy_codegen import CopyEmitter, CopyMaps
 from goprobe.backends.ebpf.event_codegen import HALF, TMP_OFF, _SiteProgram, capture_groups
 from goprobe.backends.ebpf.ir_text import Function, Module
 from goprobe.backends.ebpf.llvm_target import DebugInfo
@@ -91,7 +92,7 @@ MAX_SLOTS = 1 << 23  # allgs slots walked at most: bpf_loop's bound
 SIGURG = 23
 ARM_TIDS = 2 * ARM_SLOTS  # [ARM_TIDS + shard]: the thread that runs this program's share (workers > 1)
 ARM_SKIPPED = 3 * ARM_SLOTS  # [ARM_SKIPPED + shard]: live goroutines of its share left out past the limit
-ARM_WORDS = 4 * ARM_SLOTS
+ARM_WORDS = 5 * ARM_SLOTS  # the last ARM_SLOTS: the copier's (copy_codegen.ARM_COPY)
 G_RUNNING, G_SYSCALL = 2, 3
 
 
@@ -142,7 +143,8 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
 
 def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, limits: G.Limits,
              only: frozenset[int] | None = None, *, trigger: str = "uprobe", shard: int = 0,
-             worker: int = 0, workers: int = 1, root_modes: dict[str, str] | None = None) -> GeneratedSnapshot:
+             worker: int = 0, workers: int = 1, root_modes: dict[str, str] | None = None,
+             copy: tuple[CopyMaps, object, tuple[int, int]] | None = None) -> GeneratedSnapshot:
     """The program; with *only*, it captures in frames of those plans only (a request too large for one
     program is split into several, each verified on its own). *trigger*: see the module's docstring; a
     ``uprobe`` program runs only while ``arm[0]`` is non-zero and then stores it in ``arm[1 + shard]``.
@@ -150,7 +152,8 @@ def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, l
     this program walks share *worker* of ``allgs`` (whole batches of ALLGS_BATCH), and only on the thread
     ``arm[ARM_TIDS + shard]``. *root_modes*: capture functions (``capK_J``) whose code LLVM could not
     generate, by how they are made small: ``"defer"`` (the interpreter writes the whole value in the pause)
-    or ``"drop"`` (unavailable, saying why)."""
+    or ``"drop"`` (unavailable, saying why). *copy*: the copier's maps, copy plan and table sizes
+    (``copy_codegen``): values of covered types left to goprobe are copied in the pause, encoded after it."""
     if workers > 1 and trigger != "uprobe":
         raise ValueError("only the uprobe trigger shares the goroutines among threads")
     if trigger not in TRIGGERS:
@@ -161,6 +164,8 @@ def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, l
     gen.shard = min(shard, ARM_SLOTS - 2)
     gen.worker, gen.workers = worker, workers
     gen.root_modes = dict(root_modes or {})
+    if copy is not None:
+        gen.copy, gen.copy_plan, gen.copy_sizes = copy
     return gen.run(n_rows, plan_sets)
 
 
@@ -180,6 +185,9 @@ class _SnapshotGenerator:
         self.trigger = "uprobe"
         self.shard = 0
         self.worker, self.workers = 0, 1
+        self.copy: CopyMaps | None = None
+        self.copy_plan = None
+        self.copy_sizes = (0, 0)
 
     def reason(self, text: str) -> int:
         if text not in self.reasons:
@@ -194,7 +202,7 @@ class _SnapshotGenerator:
         return GeneratedSnapshot(self.module.text(), tuple(self.reasons), tuple(plan_sets), slots)
 
 
-class _SnapshotProgram(_SiteProgram):
+class _SnapshotProgram(CopyEmitter, _SiteProgram):
     """The iterator program and its two callbacks (per goroutine, per frame)."""
 
     def __init__(self, gen: _SnapshotGenerator, n_rows: int, plan_sets) -> None:
@@ -254,8 +262,10 @@ class _SnapshotProgram(_SiteProgram):
         dbg = self.gen.di.subprogram(name, params, ret, local=local)
         self._last_subprogram = dbg
         text_params = ", ".join(f"{'ptr' if k == 'ptr' else k} %{p}" for p, k in params)
-        return self.gen.module.function(name, SECTIONS[self.gen.trigger], params=text_params, ret=ret,
-                                        linkage="internal " if local else "", dbg=dbg, noinline=True)
+        fn = self.gen.module.function(name, SECTIONS[self.gen.trigger], params=text_params, ret=ret,
+                                      linkage="internal " if local else "", dbg=dbg, noinline=True)
+        fn.dbg_sp = dbg  # calls made from it name it (call sites between described functions need a location)
+        return fn
 
     def _enter(self, fn: Function, state: str | None) -> str:
         """Common start of each function: the task (from the loop state) and the scratch area."""
@@ -274,10 +284,27 @@ class _SnapshotProgram(_SiteProgram):
     def slot(self, off: int) -> str:
         return self.fn.gep(self.scratch, off)
 
+    def defer(self, tid: int, p: str, size: int, depth: int, start: str, root: int | None = None) -> None:
+        """As for events, except that a value of a type the copy plan covers (for a path, the path's root)
+        is copied in the pause: its fix-up goes to the copier's ring, and goprobe encodes the value (or
+        evaluates the path) from the copy after the pause."""
+        cp = self.gen.copy_plan
+        what = root if tid & G.PATH_FIXUP else tid
+        if self.gen.copy is None or what not in cp.covered:
+            return super().defer(tid, p, size, depth, start, root)
+        f = self.fn
+        self.fixup_record(tid, p, size, depth, start, self.gen.copy.fixups)
+        if size == G.BY_ADDRESS:
+            self.copy_push(f.load(p), what, 1, depth)
+        else:
+            self.copy_push("1", what, 1, depth, inline_src=p, inline_size=size)
+
     def vload(self, off: int) -> str:
         return self.fn.load(self.slot(off), volatile=True)
 
     def emit(self) -> None:
+        if self.gen.copy is not None:
+            self.emit_copier()
         self.emit_plans()
         self.emit_find_row()
         self.emit_frame()
@@ -314,6 +341,8 @@ class _SnapshotProgram(_SiteProgram):
             self.task = meta_task
         scratch = f.map_value(self.gen.maps.scratch)
         self.scratch = scratch
+        if self.gen.copy is not None:
+            self.copy_begin_run()
         gl = self.gen.plan.goroutines
         tmp = f.gep(scratch, TMP_OFF)
         bad1 = self.read_user(tmp, 8, str(gl.allglen))
@@ -443,6 +472,8 @@ class _SnapshotProgram(_SiteProgram):
         length = f.and_(f.barrier(f.load(self.posp, volatile=True)), HALF - 1)
         m = f.map_ptr(self.gen.maps.events)
         f.helper("ringbuf_output", f"ptr {m}", f"ptr {scratch}", f"i64 {length}", f"i64 {G.RB_NO_WAKEUP}")
+        if self.gen.copy is not None:
+            self.copy_drain()  # the values this goroutine left to goprobe, while their memory is at hand
         f.ret("0")
 
     def next_g(self, k: str) -> tuple[str, str]:

@@ -15,10 +15,12 @@ import os
 import struct
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 
+from goprobe.backends.ebpf import copy_codegen as C
 from goprobe.backends.ebpf import event_codegen as G
 from goprobe.backends.ebpf import snapshot_codegen as S
 from goprobe.backends.ebpf import syscall as sc
@@ -29,6 +31,7 @@ from goprobe.backends.ebpf.uprobe import attach_uprobes, vaddr_to_file_offset
 from goprobe.backends.ebpf.llvm_target import CodegenError, compile_to_object
 from goprobe.backends.ebpf.ringbuf import RingBuffer
 from goprobe.backends.interpreter.snapshot import RawCapture, RawFrame, RawGoroutine, RawSnapshot
+from goprobe.ir.copy_plan import CopyPlan, copy_plan
 from goprobe.ir.snapshot import SnapshotPlan
 from goprobe.process.ptrace import StepArm
 
@@ -115,6 +118,13 @@ class _Shard:
         self.worker = worker
         self.events = own(sc.create_ringbuf(ring_bytes, name="gp_snap"))
         self.fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_fixups"))
+        copy = None
+        if owner.copy_plan is not None:
+            self.copy_fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_cfixups"))
+            cscratch, queue, cseen = owner.copy_worker_maps[worker]
+            copy = (C.CopyMaps(cscratch.fd, queue.fd, cseen.fd, owner.copy_descs.fd, owner.copy_ops.fd,
+                               owner.copy_rtypes.fd, owner.copy_chunks.fd, self.copy_fixup_ring.fd),
+                    owner.copy_plan, owner.copy_sizes)
         scratch, seen, pc_cache = owner.worker_maps[worker]
         maps = S.SnapshotMapFds(scratch.fd, self.events.fd, owner.rows.fd, seen.fd, pc_cache.fd,
                                 self.fixup_ring.fd, owner.arm.fd)
@@ -125,7 +135,7 @@ class _Shard:
         while True:
             self.generated = S.generate(owner.plan, maps, owner.n_rows, owner.plan_sets, glim, plans,
                                         trigger=trigger, shard=self.index, worker=worker, workers=owner.workers,
-                                        root_modes=root_modes)
+                                        root_modes=root_modes, copy=copy)
             try:
                 obj = compile_to_object(self.generated.ir, name="snapshot")
                 break
@@ -147,6 +157,7 @@ class _Shard:
             self.link = own(link_task_iterator(self.program, tid=pid))
         self.ring = own(RingBuffer(self.events))
         self.fixup_reader = own(RingBuffer(self.fixup_ring))
+        self.copy_fixup_reader = own(RingBuffer(self.copy_fixup_ring)) if copy is not None else None
 
 
 class EbpfSnapshotter:
@@ -159,6 +170,8 @@ class EbpfSnapshotter:
         through the trigger at the same time with programs of its own (default: one per CPU, at most
         WORKERS; the iterator trigger uses one)."""
         self.plan = plan
+        self.pid = pid
+        self.limits = limits
         self.trigger = trigger
         self.workers = 1 if trigger is None else max(1, workers or min(WORKERS, os.cpu_count() or 1))
         self._runs = 0
@@ -186,6 +199,9 @@ class EbpfSnapshotter:
                  self._own(sc.create_map(sc.BPF_MAP_TYPE_LRU_HASH, 16, 8, 1 << 16, name="gp_seen")),
                  self._own(sc.create_array(S.PC_CACHE_ENTRY, 1 << S.PC_CACHE_BITS, name="gp_pcs")))
                 for _w in range(self.workers)]
+            self.pause_ms = limits.pause_ms
+            self.copy_plan: CopyPlan | None = None
+            self._setup_copier(plan, limits)
             glim = G.Limits(limits.string_bytes, limits.collection_bytes, limits.min_elements, limits.map_entries,
                             limits.pointer_depth, None, None, False)
             ring = ring_size_for(goroutines_hint)
@@ -219,12 +235,49 @@ class EbpfSnapshotter:
                 tuple((8 * (S.ARM_TIDS + slot), shard.worker) for slot, shard in zip(slots, self.shards)),
                 thread_words=tuple(8 * (S.ARM_SLOTS + slot) for slot in slots),
                 pending_rings=tuple(shard.fixup_ring.fd for shard in self.shards), disarm=(0,),
-                code=() if trigger is None else trigger.code, words=self._arm_words)
+                code=() if trigger is None else trigger.code, words=self._arm_words,
+                deadline=(8 * C.ARM_COPY, self._copy_budget_ns()))
             self.generated = self.shards[0].generated
             self.program = self.shards[0].program
         except BaseException:
             self.close()
             raise
+
+    def _setup_copier(self, plan: SnapshotPlan, limits) -> None:
+        """The copier's tables and maps (see ``copy_codegen``), when the request leaves any value to goprobe
+        that the copy plan covers."""
+        cp = copy_plan(plan.types, plan.interfaces, limits)
+        if not cp.covered or os.environ.get("GOPROBE_NO_COPY"):
+            return
+        descs, ops = C.table_blobs(cp)
+        if max(len(descs), len(ops)) > 4 << 20:
+            return  # tables too large for one map value: values are encoded in the pause
+        own = self._own
+        maps = []
+        for blob, name in ((descs, "gp_cdescs"), (ops, "gp_cops")):
+            m = own(sc.create_array(len(blob), 1, name=name, flags=sc.BPF_F_MMAPABLE))
+            with m.mmap() as values:
+                values[:len(blob)] = blob
+            m.freeze()
+            maps.append(m)
+        self.copy_descs, self.copy_ops = maps
+        self.copy_rtypes = own(sc.create_map(sc.BPF_MAP_TYPE_HASH, 8, 8, max(1, len(cp.by_runtime_type)),
+                                             name="gp_crtypes"))
+        for off, tid in cp.by_runtime_type:
+            self.copy_rtypes.update(struct.pack("<Q", off), struct.pack("<Q", tid))
+        self.copy_chunks = own(sc.create_ringbuf(2 * C.COPY_BYTES, name="gp_chunks"))
+        self.copy_chunk_reader = own(RingBuffer(self.copy_chunks))
+        self.copy_worker_maps = [
+            (own(sc.create_array(C.C_SIZE_TOTAL, 1, name="gp_cscratch")),
+             own(sc.create_array(C.QCAP * C.ITEM, 1, name="gp_cqueue")),
+             own(sc.create_array(16 << C.SEEN_BITS, 1, name="gp_cseen")))
+            for _w in range(self.workers)]
+        self.copy_sizes = (len(descs), len(ops))
+        self.copy_plan = cp
+
+    def _copy_budget_ns(self) -> int:
+        """How long the copier may run: most of the pause limit (the rest is for resuming)."""
+        return int(self.pause_ms * 0.9e6)
 
     def _next_index(self) -> int:
         with self._index_lock:
@@ -268,6 +321,7 @@ class EbpfSnapshotter:
         goroutine may be on a thread (the program counts them; the iterator trigger does not): its result is
         returned, else None."""
         if self.trigger is None:
+            struct.pack_into("<Q", self._arm_words, 8 * C.ARM_COPY, time.monotonic_ns() + self._copy_budget_ns())
             for shard in self.shards:
                 run(shard.link)
             return on_threads() if on_threads is not None else None
@@ -337,6 +391,78 @@ class EbpfSnapshotter:
             result.append(out)
         return result
 
+    def copied_values(self, pid: int, limits) -> list[dict[int, list[tuple[int, int, bytes]]]]:
+        """After the pause: encode the values the programs copied (see ``copy_codegen``) from the copies, in the
+        form of :meth:`resolve_fixups`' result."""
+        if self.copy_plan is None:
+            return [{} for _ in self.parts]
+        from goprobe.backends.interpreter.copied_memory import CopiedMemory, NotCopied, read_only_ranges
+        from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder, reason_value
+        from goprobe.process.memory import ProcessMemory
+
+        fixes = [[rec for shard in part for rec in shard.copy_fixup_reader.consume()] for part in self.parts]
+        chunks = list(self.copy_chunk_reader.consume())
+        if not any(fixes):
+            return [{} for _ in self.parts]
+        copied, failed = [], []
+        hsize = C.CHUNK_HEADER.size
+        for raw in chunks:  # each record: chunks, each a header and its bytes padded to 8
+            pos = 0
+            while pos + hsize <= len(raw):
+                addr, n, flags = C.CHUNK_HEADER.unpack_from(raw, pos)
+                pos += hsize
+                if flags & 1:
+                    failed.append((addr, n))
+                    continue
+                copied.append((addr, raw[pos:pos + n]))
+                pos += (n + 7) & ~7
+        words = self._arm_words
+        cut = any(struct.unpack_from("<Q", words, 8 * (C.ARM_COPY_CUT + w))[0] for w in range(self.workers))
+        dropped = sum(struct.unpack_from("<Q", words, 8 * (C.ARM_COPY_DROPPED + w))[0] for w in range(self.workers))
+        try:
+            live = ProcessMemory(pid)
+        except Exception:  # noqa: BLE001 - gone since: only the copies are read
+            live = None
+        memory = CopiedMemory(copied, failed, live, read_only_ranges(pid) if live is not None else ())
+        rt = RuntimeTypeInfo(self.plan.interfaces)
+        raw_base = live.read(rt.types_base_addr, 8) if live is not None else None
+        rt.types_base = struct.unpack("<Q", raw_base)[0] if raw_base else 0
+        short = 0
+        result = []
+        for recs in fixes:
+            out: dict[int, list[tuple[int, int, bytes]]] = {}
+            for raw in recs:
+                gp, caplen, marker, tid, size, dictionary, depth, data = G.FIXUP.unpack_from(raw, 0)
+                if tid >= len(self.plan.types.entries) and not tid & G.PATH_FIXUP:
+                    continue
+                enc = ValueEncoder(self.plan.types, memory, limits, rt)
+                enc.dictionary = dictionary
+                enc.begin_value()
+                try:
+                    if tid & G.PATH_FIXUP:
+                        self._path_fixup(enc, tid & ~G.PATH_FIXUP, size, data)
+                    elif size == G.BY_ADDRESS:
+                        enc.value_at(tid, int.from_bytes(data[:8], "little"), depth)
+                    else:
+                        enc.value_from_bytes(tid, data[:size], depth)
+                    encoded = bytes(enc.out)
+                except NotCopied as exc:  # outside any value (a path's steps): the whole capture
+                    enc.not_copied += 1
+                    encoded = reason_value(f"not read in the pause ({exc})")
+                short += enc.not_copied
+                out.setdefault(gp, []).append((caplen, marker, encoded))
+            result.append(out)
+        if short:
+            self.fixup_errors.append(
+                f"pause limit of {limits.pause_ms} ms reached while copying values: {short} of them were cut where "
+                "the copy ended (@truncated) and the process was resumed; raise limits.pause_ms or capture less"
+                if cut or dropped else
+                f"{short} values were cut (@truncated) where goprobe's copy in the pause did not hold what they "
+                "point to (a gap in goprobe: please report it)")
+        self.copy_stats = dict(chunks=len(copied), failed=len(failed), cut=cut, dropped=dropped, short=short,
+                               bytes=sum(len(c[1]) for c in copied))
+        return result
+
     def _path_fixup(self, enc, which: int, size: int, data: bytes) -> None:
         """A capture the program handed over at its root: its whole access path evaluated here, then its value
         (or the reason the path has none, e.g. a key that is not in the map)."""
@@ -365,10 +491,15 @@ class EbpfSnapshotter:
     def raw_snapshot(self, records: list[list[bytes]], running: dict[int, RawGoroutine],
                      fixups: list[dict[int, list[tuple[int, int, bytes]]]] | None = None) -> RawSnapshot:
         """Records → the interpreter's raw snapshot; *running* replaces goroutines that were on a thread
-        (their registers, not ``g.sched``, tell where they are: the interpreter unwinds those)."""
+        (their registers, not ``g.sched``, tell where they are: the interpreter unwinds those). Call it after
+        the pause: the values copied in the pause are encoded here (:meth:`copied_values`)."""
         plan = self.plan
+        fixups = [dict(part) for part in (fixups or [{}] * len(self.parts))]
+        for part, copied in zip(fixups, self.copied_values(self.pid, self.limits)):
+            for gp, fixes in copied.items():
+                part[gp] = part.get(gp, []) + fixes
         errors: list[str] = list(self.fixup_errors)
-        parsed = [self._parse(part[0], recs, (fixups or [{}] * len(self.parts))[i], errors)
+        parsed = [self._parse(part[0], recs, fixups[i], errors)
                   for i, (part, recs) in enumerate(zip(self.parts, records))]
         others = [{rec[0]: rec[5] for rec in part} for part in parsed[1:]]
         out = []

@@ -10,6 +10,7 @@ import struct
 import time
 from typing import Protocol
 
+from goprobe.backends.interpreter.copied_memory import NotCopied
 from goprobe.ir import values as V
 
 # Status byte that starts every value.
@@ -84,6 +85,7 @@ class ValueEncoder:
         self.timed_out = False
         self._ticks = 0
         self.scan_cut = False  # the last map_slots walk stopped at a bound, not at the map's end
+        self.not_copied = 0  # values cut because a pause's copy did not hold them (see _not_copied)
 
     # -- entry points -----------------------------------------------------------------------------------
     def begin_value(self) -> None:
@@ -91,6 +93,21 @@ class ValueEncoder:
         self._seen = {}
 
     def value_at(self, tid: V.TypeId, addr: int, depth: int = 0) -> None:
+        mark = len(self.out)
+        try:
+            self._value_at(tid, addr, depth)
+        except NotCopied:
+            self._not_copied(mark)
+
+    def _not_copied(self, mark: int) -> None:
+        """Memory copied in a pause (``copied_memory``) ran out inside this value: it is cut like a value
+        past the deadline (the collections around it keep what came before it, marked truncated)."""
+        del self.out[mark:]
+        self.out.append(BUDGET)
+        self.timed_out = True
+        self.not_copied += 1
+
+    def _value_at(self, tid: V.TypeId, addr: int, depth: int) -> None:
         entry = self.table[tid]
         if self._over_budget():
             return
@@ -110,11 +127,14 @@ class ValueEncoder:
         if self._over_budget():
             return
         self._nest += 1
+        mark = len(self.out)
         try:
             if self._nest > MAX_NESTING:  # e.g. a []any that holds itself: cut like a full budget
                 self.out.append(BUDGET)
                 return
             self._value_from_bytes(tid, data, depth)
+        except NotCopied:
+            self._not_copied(mark)
         finally:
             self._nest -= 1
 
@@ -365,6 +385,14 @@ class ValueEncoder:
         else:
             yield from self._classic_slots(shape, m, header)
 
+    def _slots_copied(self, slots):
+        """*slots*, ended (as by the deadline) where a pause's copy does not hold the map's next group."""
+        try:
+            yield from slots
+        except NotCopied:
+            self.timed_out = True
+            self.not_copied += 1
+
     def map_header(self, shape: V.SwissMap | V.ClassicMap, m: int) -> bytes | None:
         return self.mem.read(m, V.header_size(shape))
 
@@ -468,7 +496,7 @@ class ValueEncoder:
         count_pos = len(self.out)
         self.out += struct.pack("<I", 0)  # patched with the number of entries written
         written = 0
-        for key_addr, elem_addr in self.map_slots(shape, m, hdr):
+        for key_addr, elem_addr in self._slots_copied(self.map_slots(shape, m, hdr)):
             if written >= self.limits.map_entries or self.out_of_time():
                 break
             mark = len(out)
