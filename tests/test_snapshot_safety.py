@@ -194,8 +194,9 @@ def test_target_killed_during_the_snapshot_gives_a_clear_error(newest_version):
 
 @pytest.mark.parametrize("backend", ["interp", "ebpf"])
 def test_pause_limit_bounds_the_reading_of_one_large_value(newest_version, backend):
-    """limits.pause_ms bounds the pause even inside one value (a 300k-entry map): the process is resumed at
-    the limit, the map keeps the entries read so far, marked truncated, and the errors say why."""
+    """limits.pause_ms bounds the pause even inside one value (a 300k-entry map, ~15 MB to copy): the process
+    is resumed at the limit, the map keeps the entries copied so far, marked truncated, and the errors say
+    why."""
     from ebpf_support import REASON
 
     from goprobe.request import Limits
@@ -216,12 +217,44 @@ def test_pause_limit_bounds_the_reading_of_one_large_value(newest_version, backe
 
     with running(binary, ["-bigmap", str(n)]) as target:
         whole, whole_map = take(60_000)
-        cut, cut_map = take(15)
+        cut, cut_map = take(2)
         _assert_free(target.pid)
     assert not whole.get("errors") and whole_map["@len"] == n and len(whole_map["@entries"]) == n
-    assert any("pause limit of 15 ms" in e for e in cut["errors"])
+    assert any("pause limit of 2 ms" in e for e in cut["errors"])
     assert cut_map["@len"] == n and cut_map.get("@truncated") and len(cut_map["@entries"]) < n
     for k, v in whole_map["@entries"] + cut_map["@entries"]:  # the program's own rule: m[i] = "v" + i
         assert v == f"v{k}"
     # Side by side in one run: the limited pause is a fraction of the whole read's.
     assert cut["pause_ns"] * 3 < whole["pause_ns"], (cut["pause_ns"], whole["pause_ns"])
+
+
+@pytest.mark.parametrize("backend", ["interp", "ebpf"])
+def test_max_pause_option_bounds_the_pause_and_says_what_it_cut(newest_version, backend, tmp_path):
+    """`goprobe snapshot --max-pause MS`: with a limit far below what 20k goroutines and their values take,
+    the process runs again at the limit, the document says what was cut, the process is left free."""
+    import json
+
+    from ebpf_support import REASON
+
+    if backend == "ebpf" and REASON is not None:
+        pytest.skip(REASON)
+    binary = build_fixture("goroutines", newest_version, "debug")
+    out = tmp_path / "snap.json"
+    with running(binary, ["-n", "20000"]) as target:
+        r = subprocess.run([sys.executable, "-m", "goprobe.cli", "snapshot", str(target.pid), "--backend", backend,
+                            "-c", "main.idleA:a", "-c", "main.idle:c", "--max-pause", "1", "--json", "-o", str(out)],
+                           capture_output=True, text=True, timeout=600)
+        _assert_free(target.pid)
+        full = subprocess.run([sys.executable, "-m", "goprobe.cli", "snapshot", str(target.pid), "--backend",
+                               backend, "--max-pause", "60000", "--json"], capture_output=True, text=True,
+                              timeout=600)
+    assert r.returncode == 0, r.stderr
+    proc = json.loads(out.read_text())["processes"][0]
+    assert any("pause limit of 1 ms" in e for e in proc.get("errors", [])), proc.get("errors")
+    whole = json.loads(full.stdout)["processes"][0]
+    assert not whole.get("errors")
+    cut_goroutines = len(proc["goroutines"])
+    assert len(whole["goroutines"]) > 20000 and cut_goroutines < len(whole["goroutines"])
+    bad = subprocess.run([sys.executable, "-m", "goprobe.cli", "snapshot", str(os.getpid()), "--max-pause", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "positive" in bad.stderr and "Traceback" not in bad.stderr

@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--backend", choices=("auto", "ebpf", "interp"), default="auto",
                       help="who reads the paused process: a generated eBPF program in the kernel, goprobe's "
                            "interpreter, or auto (eBPF where permitted; says so when it falls back)")
+    snap.add_argument("--max-pause", type=_positive_ms, metavar="MS",
+                      help="stop each process for at most MS milliseconds (default: the request file's "
+                           "pause_ms, else 2000); past it the process runs again and what was not read is "
+                           "marked as cut")
     snap.add_argument("--json", action="store_true", help="print the JSON document (docs/snapshot-json.md)")
     snap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     snap.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
@@ -104,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", metavar="FILE", help="write the JSON lines to FILE")
     ev.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
     return p
+
+
+def _positive_ms(text: str) -> int:
+    try:
+        ms = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
+    if ms <= 0:
+        raise argparse.ArgumentTypeError("give a positive number of milliseconds")
+    return ms
 
 
 def _mib(text: str) -> int:
@@ -285,6 +299,12 @@ def _snapshot(args: argparse.Namespace) -> int:
     for spec in args.capture:
         fn, caps = parse_capture_spec(spec)
         functions.setdefault(fn, []).extend(c.text for c in caps)
+    if args.max_pause is not None:
+        import attrs
+
+        from goprobe.request import Limits
+
+        limits = attrs.evolve(limits or Limits(), pause_ms=args.max_pause)
     # The output must be writable before any process is paused: a snapshot is not taken to be lost.
     out = _open_output(args.output) if args.output else None
     try:

@@ -12,9 +12,12 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import attrs
+
 from goprobe.backends.interpreter.program import load as load_program
 from goprobe.backends.interpreter.program import lower as lower_program
-from goprobe.backends.interpreter.snapshot import RawSnapshot, copy_stacks, goroutine_labels, run_snapshot
+from goprobe.backends.interpreter.snapshot import (RawSnapshot, copy_for_values, copy_stacks, goroutine_labels,
+                                                  pages_to_copy, run_snapshot)
 from goprobe.decoder import hexaddr
 from goprobe.decoder_codegen import compile_decoder
 from goprobe.dwarf.binary import GoBinary
@@ -317,8 +320,16 @@ def _snapshot_one(pid: int, req, b: GoBinary, linked: SnapshotPlan, backend: str
     _warm_up(pid, plan)
     with _no_gc():  # in the pause a collection would lengthen it
         if plan.frames:
+            # The pages the values read, found by a run over the running process; the pause copies them with
+            # the stacks, and the plan runs over that copy once the process runs again.
+            from goprobe.process import ProcessMemory
+
+            pages = pages_to_copy(plan, ProcessMemory(pid), req.limits)
             with pause(pid) as paused:
-                raw = run_snapshot(plan, paused.memory, paused.threads, req.limits)
+                copy, copy_errors = copy_for_values(plan, paused.memory, paused.threads, req.limits, pages)
+            raw = run_snapshot(plan, copy, paused.threads, req.limits, paused=False)
+            if copy_errors:
+                raw = attrs.evolve(raw, errors=tuple(copy_errors) + raw.errors)
         else:
             # Stacks only: copy the goroutine list and stacks while paused, unwind after resuming.
             with pause(pid) as paused:

@@ -46,11 +46,12 @@ C_SIZE_TOTAL = C_STAGE + STAGE_WINDOW + 16
 SEEN_BITS = 16  # the seen cache: 2**16 slots of (address, tag)
 _HASH = 0x9E3779B97F4A7C15 - (1 << 64)  # Fibonacci hashing (a signed i64 constant for LLVM)
 
-# arm map words (u64 index) written by the copier, after the snapshot's own (see snapshot_codegen)
-ARM_COPY = 4 * 64  # [ARM_COPY] the deadline (CLOCK_MONOTONIC ns; 0: none)
+# arm map words (u64 index) after the snapshot's own (see snapshot_codegen)
+ARM_COPY = 4 * 64  # [ARM_COPY] the pause deadline (CLOCK_MONOTONIC ns; 0: none), for the walk and the copier
 ARM_COPY_DROPPED = ARM_COPY + 1  # + worker: items not copied (stack or ring full)
 ARM_COPY_CUT = ARM_COPY + 17  # + worker: the deadline or the byte budget ended the copy
 ARM_COPY_BYTES = ARM_COPY + 33  # + worker: bytes copied
+ARM_WALK_CUT = ARM_COPY + 49  # + worker: the deadline ended the goroutine walk (snapshot_codegen)
 
 
 @attrs.frozen

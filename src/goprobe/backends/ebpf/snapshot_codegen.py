@@ -24,7 +24,7 @@ import struct
 import attrs
 
 from goprobe.backends.ebpf import event_codegen as G
-from goprobe.backends.ebpf.copy_codegen import CopyEmitter, CopyMaps
+from goprobe.backends.ebpf.copy_codegen import ARM_COPY, ARM_WALK_CUT, CopyEmitter, CopyMaps
 from goprobe.backends.ebpf.event_codegen import HALF, TMP_OFF, _SiteProgram, capture_groups
 from goprobe.backends.ebpf.ir_text import Function, Module
 from goprobe.backends.ebpf.llvm_target import DebugInfo
@@ -384,6 +384,19 @@ class _SnapshotProgram(CopyEmitter, _SiteProgram):
         scratch = self._enter(fn, "%state")
         self.stack_copy = False
         f = self.fn
+        # The pause limit (the deadline the step writes once the threads are stopped), every 16 goroutines: past
+        # it the walk ends here and goprobe says how far it got.
+        arm = f.map_value(self.gen.maps.arm)
+        clock, walk_on, late = f.label("clock"), f.label("walk_on"), f.label("late")
+        f.cbr(f.icmp("eq", f.and_("%index", 15), 0), clock, walk_on)
+        f.block(clock)
+        deadline = f.load(f.gep(arm, 8 * ARM_COPY), volatile=True)
+        past = f.op(f"and i1 {f.icmp('ne', deadline, 0)}, {f.icmp('ugt', f.helper('ktime_get_ns'), deadline)}")
+        f.cbr(past, late, walk_on)
+        f.block(late)
+        f.store(f.gep(arm, 8 * (ARM_WALK_CUT + self.gen.worker)), 1)
+        f.ret("1")
+        f.block(walk_on)
         gl = self.gen.plan.goroutines
         base = self.vload(SLOT_ALLGS)
         index = f.add("%index", self.vload(SLOT_FIRST))  # in allgs (SLOT_FIRST: a whole number of batches)

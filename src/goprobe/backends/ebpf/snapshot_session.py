@@ -499,6 +499,10 @@ class EbpfSnapshotter:
             for gp, fixes in copied.items():
                 part[gp] = part.get(gp, []) + fixes
         errors: list[str] = list(self.fixup_errors)
+        if any(struct.unpack_from("<Q", self._arm_words, 8 * (C.ARM_WALK_CUT + w))[0] for w in range(self.workers)):
+            walked = len(records[0]) if records else 0
+            errors.append(f"pause limit of {self.pause_ms} ms reached after {walked} goroutines: the others were "
+                          "not walked and the process was resumed; raise limits.pause_ms (--max-pause)")
         parsed = [self._parse(part[0], recs, fixups[i], errors)
                   for i, (part, recs) in enumerate(zip(self.parts, records))]
         others = [{rec[0]: rec[5] for rec in part} for part in parsed[1:]]

@@ -12,6 +12,9 @@ from __future__ import annotations
 import bisect
 
 
+LOW_ADDRESSES = 1 << 16
+
+
 class NotCopied(Exception):
     """The encoder needed memory the copy does not hold."""
 
@@ -46,6 +49,8 @@ class CopiedMemory:
         self._static_starts = [lo for lo, _hi in self._static_ranges]
 
     def read(self, addr: int, size: int) -> bytes | None:
+        if addr < LOW_ADDRESSES:  # never mapped (vm.mmap_min_addr): e.g. a nil pointer plus an offset
+            return None
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:
             rel = addr - self._starts[i]

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import attrs
 
 from goprobe.backends.interpreter.access import PathError, evaluate
-from goprobe.backends.interpreter.page_cache import PageCache
+from goprobe.backends.interpreter.copied_memory import NotCopied
+from goprobe.backends.interpreter.page_cache import PAGE, PageCache
 from goprobe.backends.interpreter.values import RuntimeTypeInfo, ValueEncoder
 from goprobe.dwarf import expressions as E
 from goprobe.ir import values as V
@@ -92,9 +93,12 @@ class PlanIndex:
 
 
 class SnapshotInterpreter:
-    def __init__(self, plan: SnapshotPlan, memory, threads: Sequence, limits, index: PlanIndex | None = None) -> None:
+    def __init__(self, plan: SnapshotPlan, memory, threads: Sequence, limits, index: PlanIndex | None = None,
+                 paused: bool = True) -> None:
+        """*paused*: this run holds a pause (its clock bounds the run); False for a run over a copy made in a
+        pause (:func:`copy_for_values`) or over the running process (:func:`pages_to_copy`)."""
         self.plan = plan
-        self.mem = PageCache(memory)
+        self.mem = memory if isinstance(memory, PageCache) else PageCache(memory)  # a copy made in a pause: as is
         self.skipped = 0  # live goroutines past the plan's max_goroutines (counted by load)
         self.load_errors: list[str] = []
         self._pcs: dict[int, tuple] = {}
@@ -106,7 +110,8 @@ class SnapshotInterpreter:
         # can run long checks it, so limits.pause_ms bounds the pause itself, not one stage of it.
         budget = getattr(limits, "pause_ms", None)
         self.budget_ms = budget
-        self.deadline = time.monotonic() + budget / 1000 if budget else None
+        self.deadline = time.monotonic() + budget / 1000 if budget and paused else None
+        self.not_copied = 0  # captures cut because a copy made in the pause did not hold what they read
         self.timed_out_in_values = False
         self.rt = RuntimeTypeInfo(plan.interfaces)
         self._dictionary = 0  # of the frame being captured
@@ -170,6 +175,15 @@ class SnapshotInterpreter:
             return status not in (G_DEAD, 0)
 
         step = min(_SLOT_CHUNK, max(256, cap))  # small limits look at small chunks between clock checks
+        try:
+            self._walk_allgs(base, n, step, cap, gps, gs, live)
+        except NotCopied:  # a copy made in a pause whose limit cut the goroutine list: the list ends there
+            self.load_errors.append(f"the goroutine list was copied in the pause up to {len(gps)} live goroutines "
+                                    "(the pause limit was reached): the others are not shown")
+        return gps, gs
+
+    def _walk_allgs(self, base: int, n: int, step: int, cap: int, gps: list[int], gs: list[bytes], live) -> None:
+        gl = self.plan.goroutines
         for start in range(0, n, step):
             # Through the page cache, like every read here: a stacks-only copy must hold what a second pass
             # over it reads.
@@ -197,7 +211,6 @@ class SnapshotInterpreter:
                     f"pause limit of {self.budget_ms} ms reached while looking at the goroutine list ({start + step} "
                     f"of {n} slots): the process was resumed; raise limits.pause_ms")
                 break
-        return gps, gs
 
     def run(self) -> RawSnapshot:
         gl = self.plan.goroutines
@@ -224,6 +237,10 @@ class SnapshotInterpreter:
                               f"{rg.goid} ({i + 1} of {len(gps)} goroutines): the values from there on are cut "
                               "(@truncated) and the process was resumed; raise limits.pause_ms or capture less")
                 break
+        if self.not_copied:
+            errors.append(f"{self.not_copied} values were cut (@truncated or unavailable) where they lead to memory "
+                          "that goprobe did not copy in the pause (it changed after goprobe planned the pause, "
+                          "or the pause limit was reached)")
         return RawSnapshot(tuple(out), tuple(errors), self.skipped)
 
     # -- goroutines -------------------------------------------------------------------------------------
@@ -301,14 +318,20 @@ class SnapshotInterpreter:
             frames.append(RawFrame(pc, sp, top, captures))
             if stop or cfa is None:
                 return frames, False
-            ret = read(cfa - 8, 8)
+            try:
+                ret = read(cfa - 8, 8)
+            except NotCopied:  # beyond the stack copied in the pause
+                return frames, True
             if ret is None:  # the stack ends in memory that cannot be read: what follows is unknown
                 return frames, True
             pc = _U64.unpack(ret)[0]
             if rule[0] != RSP:
                 # Only a BP-based CFA needs the caller's BP (saved just below the return address); Go's CFI is
                 # RSP-based, so this is rare, and a frame without a rule ends the walk.
-                saved = read(cfa - 16, 8)
+                try:
+                    saved = read(cfa - 16, 8)
+                except NotCopied:
+                    saved = None
                 bp = _U64.unpack(saved)[0] if saved else 0
             sp = cfa
             top = False
@@ -318,6 +341,19 @@ class SnapshotInterpreter:
     # -- captures ---------------------------------------------------------------------------------------
     def _capture_frame(self, fp: FramePlan, pc: int, cfa: int | None, regs, caller: bool = False
                        ) -> tuple[RawCapture, ...]:
+        try:
+            return self._frame_captures(fp, pc, cfa, regs, caller)
+        except NotCopied as exc:  # a location outside the copy (rare: locations are on the copied stack)
+            self.not_copied += 1
+            why = f"not read: {exc}"
+            labels: dict[str, int | None] = {}
+            for c in fp.captures:
+                if labels.get(c.label) is None:
+                    labels[c.label] = c.type
+            return tuple(RawCapture(label, tid, None, why) for label, tid in labels.items())
+
+    def _frame_captures(self, fp: FramePlan, pc: int, cfa: int | None, regs, caller: bool
+                        ) -> tuple[RawCapture, ...]:
         out: list[RawCapture] = []
         done: set[str] = set()
         self._dictionary = self._frame_dictionary(fp, pc, cfa, regs) if fp.dictionary else 0
@@ -396,13 +432,19 @@ class SnapshotInterpreter:
                 st = evaluate(enc, cap.path, addr=addr, data=data)
             except PathError as exc:
                 return RawCapture(cap.label, cap.type, None, str(exc))
+            except NotCopied as exc:
+                self.not_copied += 1
+                return RawCapture(cap.label, cap.type, None, f"not read: {exc}")
             addr, data = st.addr, st.data
         size = self.plan.types[cap.type].size
         if data is not None:
             enc.value_from_bytes(cap.type, data[:size].ljust(size, b"\0"))
         else:
             enc.value_at(cap.type, addr)
-        self.timed_out_in_values |= enc.timed_out
+        if enc.not_copied:
+            self.not_copied += 1
+        else:
+            self.timed_out_in_values |= enc.timed_out
         return RawCapture(cap.label, cap.type, bytes(enc.out))
 
     def _piece(self, p: E.Piece, size: int, cfa: int | None, regs) -> tuple[bytes | None, str]:
@@ -507,9 +549,52 @@ def copy_stacks(plan: SnapshotPlan, memory, threads: Sequence, limits) -> PageCa
     return interp.mem
 
 
-def run_snapshot(plan: SnapshotPlan, memory, threads: Sequence, limits) -> RawSnapshot:
-    """Run *plan* against *memory* (a paused process, a core file, test memory) and its *threads*."""
-    return SnapshotInterpreter(plan, memory, threads, limits).run()
+def pages_to_copy(plan: SnapshotPlan, memory, limits) -> list[int]:
+    """Before a pause: run *plan* against the running process (*memory*) to learn which pages its values
+    read. The values themselves are thrown away (read while the process runs, they may be torn)."""
+    interp = SnapshotInterpreter(plan, memory, (), limits, paused=False)
+    interp.run()
+    return list(interp.mem.pages)  # unreadable ones too: the copy must say they were unreadable in the pause
+
+
+def copy_for_values(plan: SnapshotPlan, memory, threads: Sequence, limits, pages: list[int]
+                    ) -> tuple[PageCache, list[str]]:
+    """In a pause: copy the goroutine list, the g's, the used stacks and the *pages* (from
+    :func:`pages_to_copy`), in batched reads, within the pause limit. The plan then runs over the copy after
+    the process resumes (``run_snapshot(..., paused=False)``): the pause costs the bytes read, whatever is
+    captured. A value that leads to memory outside the copy (it changed since *pages* were found, or the
+    limit cut the copy) is cut there, and the errors say so. Returns the copy and the errors of the copy."""
+    interp = SnapshotInterpreter(plan, memory, threads, limits)
+    loaded = interp.load(whole_stacks=True)
+    errors: list[str] = list(interp.load_errors) + ([loaded] if isinstance(loaded, str) else [])
+    if not isinstance(loaded, str):
+        # Goroutines on a thread are where their registers say, which the run before the pause could not
+        # know: their captures run here (a few goroutines: one per thread at most), to copy what they read.
+        gps, gs, by_thread = loaded
+        gl = plan.goroutines
+        for gp, g in zip(gps, gs):
+            if gp in by_thread and not interp.out_of_time():
+                status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
+                interp._goroutine(gp, g, status, by_thread)
+    todo = sorted(set(pages) - set(interp.mem.pages))
+    for start in range(0, len(todo), _PAGE_BATCH):
+        if interp.out_of_time():
+            errors.append(f"pause limit of {interp.budget_ms} ms reached while copying the memory of the values "
+                          f"({start} of {len(todo)} pages): values that need the rest are cut; raise "
+                          "limits.pause_ms or capture less")
+            break
+        interp.mem.prefetch((p, PAGE) for p in todo[start:start + _PAGE_BATCH])
+    interp.mem.freeze(strict=True)
+    return interp.mem, errors
+
+
+_PAGE_BATCH = 256  # pages copied in one batched read (~1 ms: the pause limit is checked between them)
+
+
+def run_snapshot(plan: SnapshotPlan, memory, threads: Sequence, limits, paused: bool = True) -> RawSnapshot:
+    """Run *plan* against *memory* (a paused process, a core file, test memory, a copy made in a pause) and its
+    *threads*. *paused*: the run holds a pause, whose limit (``limits.pause_ms``) bounds it."""
+    return SnapshotInterpreter(plan, memory, threads, limits, paused=paused).run()
 
 
 __all__ = ["RawSnapshot", "RawGoroutine", "RawFrame", "RawCapture", "run_snapshot"]
