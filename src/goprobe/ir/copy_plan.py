@@ -173,6 +173,18 @@ class _Builder:
         self.types.extend([None] * count)
         return tid
 
+    def eight_slots(self, sh, key_at, elem_at, guard_of) -> list[CopyOp] | None:
+        """The ops of a group's or bucket's 8 slots (key and element offsets and the guard of slot i), or None
+        when a key or element type is not covered."""
+        ops: list[CopyOp] = []
+        for i in range(8):
+            parts = ((sh.key, key_at(i), sh.key_indirect), (sh.elem, elem_at(i), sh.elem_indirect))
+            got = self.slot_ops(parts, guard_of(i))
+            if got is None:
+                return None
+            ops += got
+        return ops
+
     def slot_ops(self, parts, guard) -> list[CopyOp] | None:
         """The ops of one map slot: *parts* are (type, offset, stored behind a pointer) of its key and element."""
         out: list[CopyOp] = []
@@ -189,15 +201,9 @@ class _Builder:
             return self.pseudo[key]
         hdr = self._reserve(key, 3)  # header, group, table pointer, then the table
         group, tptr = hdr + 1, hdr + 2
-        ops: list[CopyOp] = []
-        for i in range(8):
-            s = sh.slots_off + i * sh.slot_size
-            parts = ((sh.key, s + sh.key_off, sh.key_indirect), (sh.elem, s + sh.elem_off, sh.elem_indirect))
-            got = self.slot_ops(parts, (GUARD_SWISS, sh.ctrl_off + i))
-            if got is None:
-                ops = None
-                break
-            ops += got
+        ops = self.eight_slots(sh, lambda i: sh.slots_off + i * sh.slot_size + sh.key_off,
+                               lambda i: sh.slots_off + i * sh.slot_size + sh.elem_off,
+                               lambda i: (GUARD_SWISS, sh.ctrl_off + i))
         self.types[group] = CopyType("map.group", sh.group_size, tuple(ops or ()))
         if ops is None:
             self.uncovered_pseudo(key)
@@ -216,15 +222,8 @@ class _Builder:
         hdr = self._reserve(key, 2)
         bucket = hdr + 1
         ks, es = V.slot_footprints(sh)
-        ops: list[CopyOp] | None = []
-        for i in range(8):
-            guard = (GUARD_CLASSIC, sh.tophash_off + i)
-            parts = ((sh.key, sh.keys_off + i * ks, sh.key_indirect), (sh.elem, sh.elems_off + i * es, sh.elem_indirect))
-            got = self.slot_ops(parts, guard)
-            if got is None:
-                ops = None
-                break
-            ops += got
+        ops = self.eight_slots(sh, lambda i: sh.keys_off + i * ks, lambda i: sh.elems_off + i * es,
+                               lambda i: (GUARD_CLASSIC, sh.tophash_off + i))
         if ops is None:
             self.uncovered_pseudo(key)
         ops = list(ops or ()) + [CopyOp(PTR, sh.overflow_off, bucket, flags=NO_DEPTH)]

@@ -176,6 +176,7 @@ class EbpfSnapshotter:
         self.workers = 1 if trigger is None else max(1, workers or min(WORKERS, os.cpu_count() or 1))
         self._runs = 0
         self.fixup_errors: list[str] = []  # set by resolve_fixups
+        self.copy_stats: dict = {}  # what the last run's copier copied (set by copied_values)
         self._armed = False
         self._closables: list = []
         try:
