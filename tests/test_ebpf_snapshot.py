@@ -43,14 +43,16 @@ def _both_in_one_pause(binary, args=(), request_of=lambda b, truth: {}, trigger=
         return documents_of_one_pause(b, proc.pid, request_of(b, proc.truth), trigger)
 
 
-def documents_of_one_pause(b: GoBinary, pid: int, request, trigger="uprobe"):
-    """(eBPF document, interpreter document) of *request* in one pause of process *pid* (binary *b*)."""
+def documents_of_one_pause(b: GoBinary, pid: int, request, trigger="uprobe", loads_whole=False):
+    """(eBPF document, interpreter document) of *request* in one pause of process *pid* (binary *b*).
+    *loads_whole*: check that no program was found too large (and then split or made small)."""
     req = _as_request(request, None, None)
     bias = load_bias(b, pid)
     plan = rebase(compile_request(b, req), bias)
     where = find_trigger(b, f"/proc/{pid}/exe", bias) if trigger == "uprobe" else None
     assert (where is not None) == (trigger == "uprobe")
     with EbpfSnapshotter(plan, pid, req.limits, trigger=where) as snapper:
+        assert not loads_whole or snapper.rejections == 0, snapper.rejections
         with pause(pid) as paused:
             gated = snapper.run(paused, lambda: running_goroutines(plan, paused.memory, paused.threads,
                                                                    req.limits))

@@ -27,6 +27,7 @@ IFACE = 4  # eface at off (arg 0) or iface (arg = 1 + the itab's type offset) �
 SWISS_DIR = 5  # swiss map header: dirPtr at off, dirLen at arg → (tid group, 1) or (tid + 1 table ptrs, dirLen)
 COUNTED = 6  # *(u64 at off) → (tid, count from the field at arg & 0xFFFF by mode arg >> 16), at most limit
 ARRAY = 7  # the array inside this object at off → (tid, arg)
+CLOSURE = 8  # code pointer at off: a closure's entry → (its context type, 1) at this object's own address
 
 # COUNTED modes: how the count field gives the number of objects
 COUNT_PLUS_ONE, COUNT_POW2, COUNT_POW2_HALF, COUNT_U64 = 0, 1, 2, 3
@@ -63,6 +64,12 @@ class CopyPlan:
     covered: frozenset[int]  # table types whose values a copy holds whole
     bytes_tid: int
     by_runtime_type: tuple[tuple[int, int], ...]  # (runtime type offset, tid) of covered types
+    by_closure_entry: tuple[tuple[int, int], ...] = ()  # (closure entry PC, context tid) of every closure
+
+    def shallow(self, tid: int) -> bool:
+        """Whether a value of *tid* reads nothing beyond its own bytes and its strings' bytes (a backend may
+        then write it in the pause at little cost; a deeper value is better copied and encoded after it)."""
+        return all(op.kind == STR for op in self.types[tid].ops)
 
 
 class _Builder:
@@ -84,7 +91,10 @@ class _Builder:
         covered = self._covered()
         # The encoder's own map from runtime type to type (several entries may share a runtime type)
         rt = tuple(sorted((off, tid) for off, tid in self.table.by_runtime_type.items() if tid in covered))
-        return CopyPlan(tuple(self.types), frozenset(covered), self.bytes_tid, rt)
+        # Every closure's context, covered or not: an uncovered one is copied without what it points to (the
+        # encoder then cuts the value there), which beats leaving every func value to the pause.
+        closures = tuple(sorted((c.entry, c.context) for c in self.table.closures))
+        return CopyPlan(tuple(self.types), frozenset(covered), self.bytes_tid, rt, closures)
 
     def type_of(self, tid: int) -> None:
         if self.types[tid] is not None:
@@ -152,9 +162,9 @@ class _Builder:
             out.append(CopyOp(PTR, off, self.chan(sh), 0, g, goff, NO_DEPTH))
             return True
         if isinstance(sh, V.Func):
-            if self.table.closures:
-                return False  # a closure's captured variables are read through its context: not yet copied
-            out.append(CopyOp(PTR, off, self.new_pseudo(("funcval",), "funcval", 8, ()), 0, g, goff, NO_DEPTH))
+            # The func value points at its code pointer; a closure's captured variables follow it
+            ops = (CopyOp(CLOSURE, 0, flags=NO_DEPTH),) if self.table.closures else ()
+            out.append(CopyOp(PTR, off, self.new_pseudo(("funcval",), "funcval", 8, ops), 0, g, goff, NO_DEPTH))
             return True
         return False  # type parameters: their real type is known only from the frame's dictionary
 
@@ -251,7 +261,8 @@ class _Builder:
         self.uncovered.add(("pseudo", key))
 
     def _covered(self) -> set[int]:
-        """Table types whose every reachable type (through ops, and interfaces' dynamic types aside) is covered."""
+        """Table types whose every reachable type (through ops; interfaces' dynamic types and closures' contexts
+        aside) is covered."""
         bad_pseudo = {self.pseudo[k[1]] for k in self.uncovered if isinstance(k, tuple)}
         bad = {t for t in self.uncovered if isinstance(t, int)} | bad_pseudo
         n = len(self.types)
@@ -263,7 +274,7 @@ class _Builder:
                 if tid in bad:
                     continue
                 t = self.types[tid]
-                if t is None or any(op.kind != IFACE and op.tid in bad for op in t.ops):
+                if t is None or any(op.kind not in (IFACE, CLOSURE) and op.tid in bad for op in t.ops):
                     bad.add(tid)
                     changed = True
         return {tid for tid in range(len(self.table.entries)) if tid not in bad}

@@ -64,6 +64,7 @@ class CopyMaps:
     rtypes: int
     chunks: int
     fixups: int  # ring: the fix-ups of copied values (goprobe encodes them after the pause)
+    closures: int = -1  # hash: closure entry PC → its context's copy type (-1: the plan has no closures)
 
 
 def _pow2(n: int) -> int:
@@ -399,8 +400,10 @@ class CopyEmitter:
         w1 = word(f.add(at, 8))
         depth = self.cload(cs, C_DEPTH)
         done = f.label("op_done")
-        labels = {k: f.label(f"op{k}") for k in (CP.PTR, CP.STR, CP.SLICE, CP.IFACE, CP.SWISS_DIR, CP.COUNTED,
-                                                 CP.ARRAY)}
+        kinds = [CP.PTR, CP.STR, CP.SLICE, CP.IFACE, CP.SWISS_DIR, CP.COUNTED, CP.ARRAY]
+        if cm.closures >= 0:
+            kinds.append(CP.CLOSURE)
+        labels = {k: f.label(f"op{k}") for k in kinds}
         cases = " ".join(f"i64 {k}, label %{lab}" for k, lab in labels.items())
         f(f"switch i64 {kind}, label %{done} [ {cases} ]")
         f.terminated = True
@@ -507,6 +510,20 @@ class CopyEmitter:
         base = self.cload(cs, C_ADDR)
         self.copy_push(f.select(f.icmp("eq", base, 0), 0, f.add(base, at)), tid, arg, depth)
         f.br(done)
+
+        if cm.closures >= 0:
+            # A func value's code pointer: a closure's captured variables lie after it, in the same object
+            f.block(labels[CP.CLOSURE])
+            ckey = f.gep(cs, C_KEY)
+            f.store(ckey, w0)
+            cv = f.helper("map_lookup_elem", f"ptr {f.map_ptr(cm.closures)}", f"ptr {ckey}")
+            closure = f.label("closure")
+            f.cbr(f.icmp("eq", cv, 0), done, closure)
+            f.block(closure)
+            obj = self.cload(cs, C_ADDR)
+            ctx_tid = f.and_(f.load(f.to_ptr(cv)), 0xFFFFFFFF)
+            self.copy_push(f.select(f.icmp("eq", obj, 0), 0, f.add(obj, elem)), ctx_tid, 1, depth)
+            f.br(done)
 
         f.block(done)
         f.ret("0")

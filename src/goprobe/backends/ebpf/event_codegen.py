@@ -895,14 +895,16 @@ class _SiteProgram(_Program):
         kind, where = state
         mode = getattr(self, "root_mode", None)
         size = self.table[cap.type].size
-        deferred = mode == "defer" and (kind not in ("local", "merged") or size <= FIX_DATA)
+        # "copy": left to the copier where it can take it (not a value assembled from registers that is too
+        # large for a fix-up), else written here; "defer"/"drop": this capture's code could not be generated
+        deferred = mode in ("defer", "copy") and (kind != "local" or size <= FIX_DATA)
         if deferred and kind == "local":
             self.defer(cap.type, where, size, 0, f.load(self.posp, volatile=True))
         elif deferred:
             hand = f.gep(self.scratch, TMP_OFF + 48)
-            f.store(hand, where)
+            f.store(hand, where[1] if kind == "merged" else where)
             self.defer(cap.type, hand, BY_ADDRESS, 0, f.load(self.posp, volatile=True))
-        elif mode is not None:
+        elif mode not in (None, "copy"):
             f.store(self.reasonp, self.gen.reason(ROOT_DROPPED))
             f.br(fail)
             return

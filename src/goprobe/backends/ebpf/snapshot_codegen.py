@@ -122,7 +122,18 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
     # Frame plans in the order the interpreter lists a frame's hits (by where their code starts).
     order = sorted(range(len(plan.frames)), key=lambda k: min(lo for lo, _hi in plan.frames[k].ranges))
     unwind_lo = [lo for lo, _h, _r in plan.unwind]
-    for pc in starts:
+    # Which plans and stops cover each row: marked range by range (every range's ends are row starts)
+    members_at: list[list[int]] = [[] for _ in starts]
+    stop_at = bytearray(len(starts))
+    for k in order:
+        for lo, hi in plan.frames[k].ranges:
+            for i in range(bisect.bisect_left(starts, lo), bisect.bisect_left(starts, hi)):
+                if not members_at[i] or members_at[i][-1] != k:
+                    members_at[i].append(k)
+    for lo, hi in plan.stops:
+        for i in range(bisect.bisect_left(starts, lo), bisect.bisect_left(starts, hi)):
+            stop_at[i] = 1
+    for n, pc in enumerate(starts):
         rule = None
         i = bisect.bisect_right(unwind_lo, pc) - 1
         if i >= 0:
@@ -131,8 +142,8 @@ def unwind_rows(plan: SnapshotPlan) -> tuple[list[bytes], tuple[tuple[int, ...],
                 j = bisect.bisect_right(rows, (pc, 1 << 30, 1 << 62)) - 1
                 if j >= 0:
                     rule = rows[j][1:]
-        stop = any(lo <= pc < hi for lo, hi in plan.stops)
-        members = tuple(k for k in order if any(lo <= pc < hi for lo, hi in plan.frames[k].ranges))
+        stop = stop_at[n]
+        members = tuple(members_at[n])
         sid = sets.setdefault(members, len(sets))
         flags = (ROW_HAS_RULE if rule is not None else 0) | (ROW_STOP if stop else 0)
         reg, off = rule if rule is not None else (0xFF, 0)
@@ -152,7 +163,8 @@ def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, l
     this program walks share *worker* of ``allgs`` (whole batches of ALLGS_BATCH), and only on the thread
     ``arm[ARM_TIDS + shard]``. *root_modes*: capture functions (``capK_J``) whose code LLVM could not
     generate, by how they are made small: ``"defer"`` (the interpreter writes the whole value in the pause)
-    or ``"drop"`` (unavailable, saying why). *copy*: the copier's maps, copy plan and table sizes
+    or ``"drop"`` (unavailable, saying why); captures whose values the copier takes are ``"copy"`` from the
+    start. *copy*: the copier's maps, copy plan and table sizes
     (``copy_codegen``): values of covered types left to goprobe are copied in the pause, encoded after it."""
     if workers > 1 and trigger != "uprobe":
         raise ValueError("only the uprobe trigger shares the goroutines among threads")
@@ -166,7 +178,22 @@ def generate(plan: SnapshotPlan, maps: SnapshotMapFds, n_rows: int, plan_sets, l
     gen.root_modes = dict(root_modes or {})
     if copy is not None:
         gen.copy, gen.copy_plan, gen.copy_sizes = copy
+        gen.root_modes = {**_copied_roots(plan, copy[1]), **gen.root_modes}
     return gen.run(n_rows, plan_sets)
+
+
+def _copied_roots(plan: SnapshotPlan, cp) -> dict[str, str]:
+    """The captures left whole to the copier from the start: those whose values lead to other objects (all of
+    a type the copy plan covers). Their code is then a location and a push: small to verify, and the pause
+    pays for the bytes read, not for encoding them; a capture that LLVM or the verifier rejected inline used
+    to cost a failed load of seconds before it was made small."""
+    out = {}
+    for k, fp in enumerate(plan.frames):
+        for j, (_label, cands) in enumerate(capture_groups(fp.captures)):
+            types = {c.type for c in cands if c.type is not None}
+            if types and types <= cp.covered and not all(cp.shallow(t) for t in types):
+                out[f"cap{k}_{j}"] = "copy"
+    return out
 
 
 class _SnapshotGenerator:

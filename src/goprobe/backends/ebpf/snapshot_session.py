@@ -123,7 +123,8 @@ class _Shard:
             self.copy_fixup_ring = own(sc.create_ringbuf(4 << 20, name="gp_cfixups"))
             cscratch, queue, cseen = owner.copy_worker_maps[worker]
             copy = (C.CopyMaps(cscratch.fd, queue.fd, cseen.fd, owner.copy_descs.fd, owner.copy_ops.fd,
-                               owner.copy_rtypes.fd, owner.copy_chunks.fd, self.copy_fixup_ring.fd),
+                               owner.copy_rtypes.fd, owner.copy_chunks.fd, self.copy_fixup_ring.fd,
+                               owner.copy_closures.fd if owner.copy_closures is not None else -1),
                     owner.copy_plan, owner.copy_sizes)
         scratch, seen, pc_cache = owner.worker_maps[worker]
         maps = S.SnapshotMapFds(scratch.fd, self.events.fd, owner.rows.fd, seen.fd, pc_cache.fd,
@@ -145,6 +146,7 @@ class _Shard:
                 m = _CAPTURE_FN.search(str(exc))
                 if m is None or root_modes.get(m.group(1)) == "drop":
                     raise
+                owner.rejections += 1
                 root_modes[m.group(1)] = "drop" if m.group(1) in root_modes else "defer"
         self.root_modes = root_modes
         if owner.trigger is not None:
@@ -177,6 +179,7 @@ class EbpfSnapshotter:
         self._runs = 0
         self.fixup_errors: list[str] = []  # set by resolve_fixups
         self.copy_stats: dict = {}  # what the last run's copier copied (set by copied_values)
+        self.rejections = 0  # programs LLVM or the verifier found too large (each then split or made small)
         self._armed = False
         self._closables: list = []
         try:
@@ -266,6 +269,12 @@ class EbpfSnapshotter:
                                              name="gp_crtypes"))
         for off, tid in cp.by_runtime_type:
             self.copy_rtypes.update(struct.pack("<Q", off), struct.pack("<Q", tid))
+        self.copy_closures = None
+        if cp.by_closure_entry:
+            self.copy_closures = own(sc.create_map(sc.BPF_MAP_TYPE_HASH, 8, 8, len(cp.by_closure_entry),
+                                                   name="gp_cclos"))
+            for pc, tid in cp.by_closure_entry:
+                self.copy_closures.update(struct.pack("<Q", pc), struct.pack("<Q", tid))
         self.copy_chunks = own(sc.create_ringbuf(2 * C.COPY_BYTES, name="gp_chunks"))
         self.copy_chunk_reader = own(RingBuffer(self.copy_chunks))
         self.copy_worker_maps = [
@@ -293,6 +302,7 @@ class EbpfSnapshotter:
             too_big = isinstance(exc, CodegenError) or "too large" in str(exc) or "too complex" in str(exc)
             if not too_big:
                 raise
+            self.rejections += 1
             if len(plans) <= 1:
                 # One frame plan whose captures the verifier cannot walk: the interpreter writes them in the
                 # pause, the program only hands it their roots.
