@@ -1,6 +1,7 @@
 """Real programs nobody here wrote (issue 19): ``go tool trace`` (cmd/trace) built from each release's own
 source with default flags, serving a trace. Every type of the binary lays out, a snapshot of every parameter
-and local of every function on the stacks decodes on both backends and the two agree."""
+and local of every function on the stacks decodes on both backends and the two agree. And the toolchain's own
+``go`` command in the middle of a build, with its compiler children: one bundle."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from test_ebpf_snapshot import documents_of_one_pause
 from goprobe import open_binary
 from goprobe.ir import values as V
 from goprobe.snapshot import take_snapshot
-from goprobe.testing.corpus import request_for_stacks, trace_server
+from goprobe.testing.corpus import go_build_in_progress, request_for_stacks, trace_server
 
 
 @pytest.fixture(scope="module", params=VERSIONS, ids=lambda v: f"go{v}")
@@ -181,3 +182,23 @@ def test_events_fire_on_the_real_server(trace):
             assert page.status == 200
         events = list(s)
     assert [e["values"]["req.URL.Path"] for e in events] == ["/usertasks"]
+
+
+@pytest.mark.parametrize("version", sorted({VERSIONS[0], VERSIONS[-1]}), ids=lambda v: f"go{v}")
+def test_a_live_go_build_is_one_bundle(version):
+    """``go build`` caught while its compiler runs: the ``go`` command and its children (the wheel's own
+    binaries, built without DWARF) in one snapshot. Each is taken (stacks from the pclntab) or, if it exited
+    meanwhile, reported gone; nothing sinks the bundle. (The oldest and newest release here: every release's
+    stripped binaries are covered by test_stripped.py.)"""
+    with go_build_in_progress(version) as (go, kids):
+        result = take_snapshot([go.pid, *kids], {}, backend="auto")
+    entries = {p["pid"]: p for p in result["processes"]}
+    assert list(entries) == [go.pid, *kids]
+    main = entries[go.pid]
+    assert main["status"] == "ok" and main["debug_info"] == "none", main
+    assert any(f["function"] == "main.main" for g in main["goroutines"] for f in g["frames"])
+    assert all(f["file"] != "?" and f["line"] > 0 for g in main["goroutines"] for f in g["frames"])
+    taken = [entries[k] for k in kids if entries[k]["status"] == "ok"]
+    assert all(entries[k]["error"]["kind"] == "PROCESS_GONE" for k in kids if entries[k]["status"] != "ok")
+    assert taken, "the compiler exited before it was taken: give it a larger package"
+    assert any(f["function"].startswith("cmd/compile/") for p in taken for g in p["goroutines"] for f in g["frames"])

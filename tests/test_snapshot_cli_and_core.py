@@ -197,31 +197,40 @@ def test_the_collector_is_off_only_while_a_snapshot_is_built():
 
 
 def test_one_process_does_not_sink_a_bundle(newest_version):
-    """A bundle of a good process, one whose binary has no DWARF and a pid that is gone: the good one is
-    taken, each other one says why, the document and the exit status say "partial"."""
+    """A bundle of a good process, one whose binary has no DWARF (stacks only), one that is not a Go program
+    and a pid that is gone: the first two are taken, each other one says why, the document and the exit
+    status say "partial"."""
     binary = build_fixture("goroutines", newest_version, "opt")
     stripped = build_fixture("goroutines", newest_version, "opt", extra_flags=("-ldflags=-w",))
     dead = subprocess.Popen(["true"])
     dead.wait()
-    with running(binary) as good, running(stripped) as bare:
-        pids = [good.pid, bare.pid, dead.pid]
-        r = run_cli("snapshot", *map(str, pids), "-c", "main.recurse:depth", "--json")
-        text = run_cli("snapshot", *map(str, pids))
-        api = take_snapshot(pids, {})
-        with pytest.raises(ProcessError, match="does not exist"):  # nothing taken: the error itself
-            take_snapshot([dead.pid], {})
+    not_go = subprocess.Popen(["sleep", "600"])
+    try:
+        with running(binary) as good, running(stripped) as bare:
+            pids = [good.pid, bare.pid, not_go.pid, dead.pid]
+            r = run_cli("snapshot", *map(str, pids), "-c", "main.recurse:depth", "--json")
+            text = run_cli("snapshot", *map(str, pids))
+            api = take_snapshot(pids, {})
+            with pytest.raises(ProcessError, match="does not exist"):  # nothing taken: the error itself
+                take_snapshot([dead.pid], {})
+    finally:
+        not_go.kill()
+        not_go.wait()
     assert r.returncode == 3, r.stderr
-    assert "partial result: 2 of 3" in r.stderr and "Traceback" not in r.stderr
+    assert "partial result: 2 of 4" in r.stderr and "Traceback" not in r.stderr
     doc = json.loads(r.stdout)
     assert doc["partial"] is True
-    ok, no_dwarf, gone = doc["processes"]
+    ok, no_dwarf, foreign, gone = doc["processes"]
     assert [p["pid"] for p in doc["processes"]] == pids
     assert ok["status"] == "ok" and any(
         "variables" in f for g in ok["goroutines"] for f in g["frames"])
-    assert no_dwarf["status"] == "error" and no_dwarf["error"]["kind"] == "BINARY_STRIPPED"
+    assert no_dwarf["status"] == "ok" and any(
+        f["function"] == "main.recurse" and "@unavailable" in f["variables"]["depth"]
+        for g in no_dwarf["goroutines"] for f in g["frames"])
+    assert foreign["status"] == "error" and foreign["error"]["kind"] == "NOT_GO"
     assert gone["status"] == "error" and gone["error"]["kind"] == "PROCESS_GONE"
-    assert text.returncode == 3 and "not taken: BINARY_STRIPPED" in text.stdout
-    assert api["partial"] and [p["status"] for p in api["processes"]] == ["ok", "error", "error"]
+    assert text.returncode == 3 and "not taken: NOT_GO" in text.stdout
+    assert api["partial"] and [p["status"] for p in api["processes"]] == ["ok", "ok", "error", "error"]
 
 
 def test_a_variable_the_optimiser_dropped_is_unavailable_not_an_error(newest_version):

@@ -164,12 +164,18 @@ def _check_values(kinds_snapshot, build_mode):
 
 
 def test_goroutine_stacks_equal_the_runtimes(go_version, build_mode):
-    from test_goroutines_fixture_stacks import parse_stacks
-
     binary = build_fixture("goroutines", go_version, build_mode)
     with GoBinary(binary, use_cache=False) as b, running(binary) as proc:
         truth = proc.truth
         snap = take_snapshot([proc.pid], {}, binary=b)["processes"][0]
+    assert_stacks_equal_the_runtimes(snap, truth)
+
+
+def assert_stacks_equal_the_runtimes(snap: dict, truth: dict) -> None:
+    """The goroutines fixture's parked goroutines in a snapshot (one process) have the stacks the runtime
+    printed for them (``runtime.Stack``), frame by frame: function, file and line."""
+    from test_goroutines_fixture_stacks import parse_stacks
+
     by_goid = {g["goid"]: g for g in snap["goroutines"]}
     runtime_stacks = parse_stacks(truth["stacks"])
     headers = re.findall(r"^goroutine (\d+) \[", truth["stacks"], re.M)

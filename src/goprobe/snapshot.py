@@ -80,10 +80,12 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
     """Turn a raw snapshot into the documented JSON structure (one process); *bias* is the executable's load
     bias (PCs in the output are run-time addresses; symbols are looked up at link-time ones). *labels*: the
     goroutines' pprof label sets as read after the pause (``goroutine_labels``)."""
-    reasons = wait_reasons(b)
+    reasons = b.wait_reasons() if getattr(b, "stripped", False) else wait_reasons(b)
 
     @lru_cache(maxsize=None)
     def func_name(pc: int) -> str | None:
+        if getattr(b, "stripped", False):
+            return b.function_name_at(pc - bias)
         sym = b.elf.function_symbol_at(pc - bias)
         return sym.name if sym else None
 
@@ -165,6 +167,12 @@ def decode_snapshot(raw: RawSnapshot, plan: SnapshotPlan, b: GoBinary, *, pid: i
     if dropped:
         proc["warnings"] = [f"{fn}: {label!r} is in the source but not in this build's debug info (the optimiser "
                             "dropped it): reported unavailable" for fn, label in dropped]
+    if getattr(b, "stripped", False):
+        proc["debug_info"] = "none"
+        proc.setdefault("warnings", []).append(
+            f"{b.path}: no DWARF debug information (built with -ldflags=-s/-w): goroutines and stacks come from "
+            "the Go runtime's own tables; variables are unavailable (rebuild without -s -w, or give its debug "
+            "file with --debug-file)")
     return proc
 
 
@@ -288,7 +296,7 @@ def _prepare(pid: int, req, binary: GoBinary | None, debug_file: str | None,
         key = None
     if key is not None and key in shared:
         return shared[key]
-    b = binary or GoBinary(f"/proc/{pid}/exe", debug_file=debug_file)
+    b = binary or open_for_snapshot(f"/proc/{pid}/exe", debug_file)
     try:
         # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
         ready = (b, load_program(lower_program(compile_request(b, req))))
@@ -462,11 +470,29 @@ class _CoreWithExecutable:
 
 
 def compile_request(b: GoBinary, req) -> SnapshotPlan:
-    from goprobe.ir.snapshot import compile_snapshot
+    from goprobe.ir.snapshot import compile_snapshot, compile_stripped
 
     functions = {fn: [c.text for c in caps] for fn, caps in req.functions.items()}
-    return compile_snapshot(b, functions, max_frames=req.limits.frames_per_goroutine,
-                            max_goroutines=req.limits.goroutines, goroutine_filter=req.goroutine_filter)
+    compile_ = compile_stripped if getattr(b, "stripped", False) else compile_snapshot
+    return compile_(b, functions, max_frames=req.limits.frames_per_goroutine,
+                    max_goroutines=req.limits.goroutines, goroutine_filter=req.goroutine_filter)
+
+
+def open_for_snapshot(path: str, debug_file: str | None = None):
+    """The binary at *path* for a snapshot: a GoBinary, or, when it has no DWARF and no separate debug file
+    is given or found, a StrippedBinary (stacks from the pclntab: ``goprobe.dwarf.stripped``)."""
+    from goprobe.dwarf.stripped import StrippedBinary
+    from goprobe.errors import NoDebugInfoError
+
+    try:
+        return GoBinary(path, debug_file=debug_file)
+    except NoDebugInfoError as exc:
+        if debug_file is not None:
+            raise
+        try:
+            return StrippedBinary(path)
+        except NoDebugInfoError:
+            raise exc from None
 
 
 def _as_request(request, limits, goroutine_filter):

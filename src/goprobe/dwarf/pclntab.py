@@ -69,6 +69,21 @@ class FrameLiveness:
         return None
 
 
+def pc_value_runs(data: bytes, pos: int, entry: int) -> list[tuple[int, int, int]]:
+    """Decode the pc-value table at *pos* of a function at *entry*: (low, high, value) runs."""
+    pc, val, out, first = entry, -1, [], True
+    while pos < len(data):
+        uv, pos = read_uleb(data, pos)
+        if uv == 0 and not first:
+            break
+        first = False
+        val += -(uv & 1) ^ (uv >> 1)
+        delta, pos = read_uleb(data, pos)
+        out.append((pc, pc + delta, val))  # PC quantum 1 on amd64
+        pc += delta
+    return out
+
+
 class PcLineTable:
     """Reads function records and their liveness maps out of ``.gopclntab`` and the ``go:func.*`` data."""
 
@@ -116,20 +131,7 @@ class PcLineTable:
         return self._pcln + funcoff
 
     def _pcvalue(self, off: int, entry: int) -> list[tuple[int, int, int]]:
-        """Decode a pc-value table: (low, high, value) runs."""
-        data = self._data
-        pos = self._pctab + off
-        pc, val, out, first = entry, -1, [], True
-        while pos < len(data):
-            uv, pos = read_uleb(data, pos)
-            if uv == 0 and not first:
-                break
-            first = False
-            val += -(uv & 1) ^ (uv >> 1)
-            delta, pos = read_uleb(data, pos)
-            out.append((pc, pc + delta, val))  # PC quantum 1 on amd64
-            pc += delta
-        return out
+        return pc_value_runs(self._data, self._pctab + off, entry)
 
     def _funcdata(self, fo: int, k: int) -> int | None:
         npcdata = struct.unpack_from("<I", self._data, fo + self._f["npcdata"])[0]

@@ -198,6 +198,23 @@ def compile_snapshot(b: GoBinary, functions: Mapping[str, Sequence[str]], *, max
                                max_goroutines, gfilter, labels))
 
 
+def compile_stripped(sb, functions: Mapping[str, Sequence[str]], *, max_frames: int = 512,
+                     max_goroutines: int = 100_000, goroutine_filter: str | None = None) -> SnapshotPlan:
+    """A bare plan for a binary without DWARF (``goprobe.dwarf.stripped.StrippedBinary``): every goroutine's
+    stack from the pclntab; each requested expression is unavailable, saying why (a function that the binary
+    does not have is still an error, with suggestions)."""
+    from goprobe.dwarf.stripped import NO_DEBUG_INFO
+    from goprobe.ir.verify import verify
+
+    plans = tuple(FramePlan(name, sb.function(name).ranges, False,
+                            tuple(VariableCapture(t, (), None, missing=NO_DEBUG_INFO) for t in texts))
+                  for name, texts in functions.items())
+    gfilter = sb.function(goroutine_filter).ranges if goroutine_filter else None
+    stops = tuple(sorted(r for name in STOP_FUNCTIONS if sb.has_function(name) for r in sb.function(name).ranges))
+    return verify(SnapshotPlan(GoroutineLayout.from_binary(sb), plans, TypeTable(()), InterfaceLayout.from_binary(sb),
+                               sb.unwind_table(), stops, max_frames, max_goroutines, gfilter, None))
+
+
 def _labels_type(b: GoBinary, tb: TypeTableBuilder) -> TypeId | None:
     """The type g.labels points to: runtime/pprof's label set (a map until Go 1.23, a sorted list since)."""
     from goprobe.errors import UnknownTypeError

