@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 # Snapshot and request names load on first use, so `import goprobe` for the DWARF frontend stays light.
 _LAZY = {"take_snapshot": "goprobe.snapshot", "snapshot_core": "goprobe.snapshot",
          "SnapshotRequest": "goprobe.request", "EventRequest": "goprobe.request", "ProbePoint": "goprobe.request",
-         "Limits": "goprobe.request", "load_request_file": "goprobe.request"}
+         "Limits": "goprobe.request", "load_request_file": "goprobe.request", "Client": "goprobe.fleet.client"}
 
 
 def __getattr__(name: str):

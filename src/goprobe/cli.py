@@ -8,6 +8,7 @@ import signal
 import sys
 
 from goprobe.errors import GoprobeError
+from goprobe.fleet import cli as fleet_cli
 
 DESCRIPTION = """\
 goprobe looks inside Go programs using the DWARF debug information in their binaries.
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--json", action="store_true", help="print the JSON document (docs/snapshot-json.md)")
     snap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     snap.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
+    fleet_cli.add_snapshot_options(snap)
     ev = sub.add_parser(
         "events", help="capture values each time a function runs or a line executes (eBPF)",
         description="Attach probes (uprobes running generated eBPF) to the processes and stream one JSON object "
@@ -107,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                          "are counted")
     ev.add_argument("-o", "--output", metavar="FILE", help="write the JSON lines to FILE")
     ev.add_argument("--debug-file", metavar="FILE", help=_DEBUG_FILE_HELP)
+    fleet_cli.add_parsers(sub)
     return p
 
 
@@ -284,8 +287,8 @@ def _snapshot(args: argparse.Namespace) -> int:
     from goprobe import snapshot as S
     from goprobe.request import SnapshotRequest, load_request_file, parse_capture_spec
 
-    if not args.pids and not args.core:
-        print("goprobe: error: name at least one PID, or --core CORE BINARY", file=sys.stderr)
+    if not args.pids and not args.core and not args.server:
+        print("goprobe: error: name at least one PID, or --core CORE BINARY, or --server", file=sys.stderr)
         return 2
     if args.spec:
         req = load_request_file(args.spec)
@@ -315,6 +318,14 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _take_and_write(args: argparse.Namespace, S, functions, limits, gfilter, out) -> int:
+    if args.server:
+        bundle = fleet_cli.snapshot_through_server(args, functions, limits, gfilter)
+        (out or sys.stdout).write((fleet_cli.dumps(bundle) if args.json else fleet_cli.render_bundle(bundle)) + "\n")
+        if bundle.get("partial"):
+            ok = sum(p.get("status") == "ok" for m in bundle["machines"] for p in m["processes"])
+            print(f"goprobe: partial result: {ok} of {bundle['selected']} processes taken", file=sys.stderr)
+            return 3
+        return 0
     if args.core:
         result = S.snapshot_core(args.core[0], args.core[1], functions, limits=limits, goroutine_filter=gfilter,
                                  debug_file=args.debug_file)
@@ -376,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             return _snapshot(args)
         if args.command == "events":
             return _events(args)
+        if args.command == "server":
+            return fleet_cli.run_server(args)
+        if args.command == "agent":
+            return fleet_cli.run_agent(args)
     except GoprobeError as exc:
         print(f"goprobe: error: {exc}", file=sys.stderr)
         return 1

@@ -223,7 +223,7 @@ def take_snapshot(pids: list[int], request, *, binary: GoBinary | None = None, l
     try:
         for pid in pids:
             try:
-                prepared[pid] = _prepare(pid, req, binary, debug_file, shared)
+                prepared[pid] = _prepare(pid, req, binary, debug_file, shared, lowered=backend == "interp")
             except GoprobeError as exc:
                 prepared[pid] = exc
         for pid in pids:
@@ -282,9 +282,12 @@ def error_kind(exc: BaseException) -> str:
 
 
 def _prepare(pid: int, req, binary: GoBinary | None, debug_file: str | None,
-             shared: dict[tuple[int, int], tuple[GoBinary, SnapshotPlan]]) -> tuple[GoBinary, SnapshotPlan]:
+             shared: dict[tuple[int, int], tuple[GoBinary, SnapshotPlan]], *,
+             lowered: bool = True) -> tuple[GoBinary, SnapshotPlan]:
     """The binary of process *pid* and the request's plan for it (at link-time addresses), shared by the
-    processes that run the same file."""
+    processes that run the same file. *lowered*: the plan makes the round trip through the interpreter
+    program's bytes (for the interpreter backend; the eBPF backend compiles the plan itself, and on a large
+    binary the round trip costs seconds)."""
     from goprobe.errors import ProcessNotFoundError
 
     if not os.path.exists(f"/proc/{pid}"):
@@ -299,7 +302,8 @@ def _prepare(pid: int, req, binary: GoBinary | None, debug_file: str | None,
     b = binary or open_for_snapshot(f"/proc/{pid}/exe", debug_file)
     try:
         # The interpreter runs the lowered program: what it executes is exactly what could be shipped.
-        ready = (b, load_program(lower_program(compile_request(b, req))))
+        plan = compile_request(b, req)
+        ready = (b, load_program(lower_program(plan)) if lowered else plan)
     except BaseException:
         if binary is None:
             b.close()
