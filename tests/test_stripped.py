@@ -84,3 +84,14 @@ def test_bare_snapshot_of_a_stripped_binary(go_version, backend):
     recursing = [f for g in p["goroutines"] for f in g["frames"] if f["function"] == "main.recurse"]
     assert len(recursing) >= truth["recurse_depth"]
     assert all(f["variables"] == {"depth": {"@unavailable": NO_DEBUG_INFO}} for f in recursing)
+
+
+def test_bare_snapshot_of_a_stripped_position_independent_build(newest_version):
+    """-buildmode=pie -ldflags='-s -w': the pclntab is in .data.rel.ro.gopclntab and everything is moved by the
+    load bias; the stacks are still the runtime's."""
+    bare = build_fixture("goroutines", newest_version, "opt", extra_flags=("-buildmode=pie", "-ldflags=-s -w"))
+    with running(bare) as proc:
+        truth = proc.truth
+        p = take_snapshot([proc.pid], {}, backend="interp")["processes"][0]
+    assert p["status"] == "ok" and p["debug_info"] == "none"
+    assert_stacks_equal_the_runtimes(p, truth)

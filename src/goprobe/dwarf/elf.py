@@ -142,6 +142,10 @@ class ElfImage:
     def section_addr(self, name: str) -> int:
         return self._sections[name]["sh_addr"]
 
+    def section_size(self, name: str) -> int:
+        """Bytes the section occupies in memory (NOBITS ones, such as .bss, included)."""
+        return self._sections[name]["sh_size"]
+
     def section_data(self, name: str) -> bytes:
         """The section's bytes, decompressed if SHF_COMPRESSED; b"" if absent."""
         holder = self._holder(name)

@@ -99,6 +99,7 @@ class Pclntab:
         pairs = struct.unpack_from(f"<{2 * (self.nfunc + 1)}I", data, ft)
         self._entries = [self.text + pairs[2 * i] for i in range(self.nfunc + 1)]  # the last: end of text
         self._funcoffs = [ft + pairs[2 * i + 1] for i in range(self.nfunc)]
+        self._made: dict[int, PcFunction] = {}
 
     def _u32(self, fo: int, field: str) -> int:
         return struct.unpack_from("<I", self._data, fo + self._f[field])[0]
@@ -113,11 +114,13 @@ class Pclntab:
             return None
         return self._function(i)
 
-    @lru_cache(maxsize=None)
     def _function(self, i: int) -> PcFunction:
-        fo = self._funcoffs[i]
-        return PcFunction(self._cstring(self._funcname + self._u32(fo, "nameOff")), self._entries[i],
-                          self._entries[i + 1], fo)
+        fn = self._made.get(i)
+        if fn is None:
+            fo = self._funcoffs[i]
+            fn = self._made[i] = PcFunction(self._cstring(self._funcname + self._u32(fo, "nameOff")),
+                                            self._entries[i], self._entries[i + 1], fo)
+        return fn
 
     def functions(self) -> list[PcFunction]:
         return [self._function(i) for i in range(self.nfunc)]
@@ -202,10 +205,12 @@ class StrippedBinary:
             if self.arch != "amd64":
                 raise NoDebugInfoError(f"{self.path}: has no DWARF debug information; stacks of stripped "
                                        "binaries are read on amd64 only; rebuild without '-w' and '-s'")
-            data = self.elf.section_data(".gopclntab")
+            # (position-independent executables keep it in .data.rel.ro.gopclntab)
+            section = next((n for n in (".gopclntab", ".data.rel.ro.gopclntab") if self.elf.has_section(n)), None)
+            data = self.elf.section_data(section) if section else b""
             if not data:
                 raise NoDebugInfoError(f"{self.path}: has neither DWARF nor a .gopclntab section")
-            self._pclntab_addr = self.elf.section_addr(".gopclntab")
+            self._pclntab_addr = self.elf.section_addr(section)
             self.firstmoduledata = self._find_moduledata()
             md = self._table["structs"]["moduledata"]["fields"]
             gofunc = self._word(self.firstmoduledata + md["gofunc"][0]) if "gofunc" in md else 0
@@ -253,19 +258,28 @@ class StrippedBinary:
         raise NoDebugInfoError(f"{self.path}: has no DWARF and its runtime module data was not found")
 
     def function(self, name: str) -> PcFunction:
+        """The function named *name* (the first, where ABI wrappers repeat a name: see :meth:`ranges_of`)."""
         from goprobe.errors import UnknownFunctionError
 
-        fn = self._by_name.get(name)
-        if fn is None:
+        fns = self._by_name.get(name)
+        if not fns:
             raise UnknownFunctionError(name, list(self._by_name), "the binary's pclntab")
-        return fn
+        return fns[0]
+
+    def ranges_of(self, name: str) -> tuple[tuple[int, int], ...]:
+        """The code of every function named *name* (a name may appear more than once: ABI wrappers)."""
+        self.function(name)
+        return tuple(r for fn in self._by_name[name] for r in fn.ranges)
 
     def has_function(self, name: str) -> bool:
         return name in self._by_name
 
     @cached_property
-    def _by_name(self) -> dict[str, PcFunction]:
-        return {fn.name: fn for fn in self.pcln.functions()}
+    def _by_name(self) -> dict[str, list[PcFunction]]:
+        out: dict[str, list[PcFunction]] = {}
+        for fn in self.pcln.functions():
+            out.setdefault(fn.name, []).append(fn)
+        return out
 
     @cached_property
     def runtime(self) -> RuntimeLayout:
@@ -277,8 +291,14 @@ class StrippedBinary:
         try:
             allgs, allglen = (targets[t["allgadd"][k]] for k in ("allgs", "allglen"))
         except IndexError:
+            allgs = allglen = 0
+        # Both are zero-initialised variables: anything else means allgadd's code is not what the table's
+        # release compiles (other build flags), and the goroutine list would be read from the wrong place.
+        bss = [(self.elf.section_addr(n), self.elf.section_addr(n) + self.elf.section_size(n))
+               for n in (".bss", ".noptrbss") if self.elf.has_section(n)]
+        if not all(any(lo <= a and a + 8 <= hi for lo, hi in bss) for a in (allgs, allglen)) or allgs == allglen:
             raise RuntimeLayoutError(f"{self.path}: runtime.allgadd's code is not what {t['from']} compiles; "
-                                     "cannot find the goroutine list without debug info") from None
+                                     "cannot find the goroutine list without debug info (rebuild without -s -w)")
         return RuntimeLayout(self.go_version, structs, allgs, allglen, self.firstmoduledata, t["map_impl"],
                              tuple(t["direct_iface"]), t["kind_mask"], t["g_status_size"])
 

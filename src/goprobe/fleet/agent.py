@@ -8,6 +8,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -82,6 +83,7 @@ class Agent:
         """Serve until :meth:`stop`; raises :class:`AgentRefused` when the control plane refuses it."""
         backoff = 0.2
         while not self.stop_event.is_set():
+            began = time.monotonic()
             try:
                 self._session()
                 backoff = 0.2
@@ -91,6 +93,8 @@ class Agent:
                             grpc.StatusCode.FAILED_PRECONDITION):
                     raise AgentRefused(f"the control plane at {self.server} refused this agent: "
                                        f"{exc.details()}") from None
+                if time.monotonic() - began > 10.0:
+                    backoff = 0.2  # it was up for a while: a fresh failure, not a series
                 log.info("stream to %s broke (%s); reconnecting in %.1f s", self.server, code, backoff)
             self.stop_event.wait(backoff)
             backoff = min(backoff * 2, 10.0)
@@ -114,20 +118,31 @@ class Agent:
                     return
                 yield msg
 
-        def watch_stop():
-            self.stop_event.wait()
-            out.put(None)
-            call.cancel()
+        def watch_stop():  # ends with the session: one watcher per session, never more
+            while not done.is_set():
+                if self.stop_event.wait(0.2):
+                    out.put(None)
+                    call.cancel()
+                    return
+
+        commands: queue.Queue = queue.Queue()
+
+        def work():
+            # One command at a time: two snapshots of the same process at once would fight over it.
+            while True:
+                cmd = commands.get()
+                if cmd is None:
+                    return
+                out.put(pb.AgentMessage(snapshot_result=snapshot_result(cmd)))
 
         with self._channel() as channel:
             call = pbg.ControlStub(channel).Connect(outgoing(), metadata=auth.bearer(self.token))
             threading.Thread(target=watch_stop, daemon=True).start()
+            threading.Thread(target=work, daemon=True).start()
             try:
                 for msg in call:
                     if msg.WhichOneof("body") == "snapshot":
-                        cmd = msg.snapshot
-                        threading.Thread(target=lambda c=cmd: out.put(pb.AgentMessage(
-                            snapshot_result=snapshot_result(c))), daemon=True).start()
+                        commands.put(msg.snapshot)
                 if not self.stop_event.is_set():
                     raise _StreamEnded()
             except grpc.RpcError as exc:
@@ -137,6 +152,7 @@ class Agent:
             finally:
                 done.set()
                 out.put(None)
+                commands.put(None)
 
 
 class _StreamEnded(grpc.RpcError):

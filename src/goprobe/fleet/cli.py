@@ -38,6 +38,7 @@ def add_snapshot_options(snap) -> None:
                       help="with --server: processes to take, e.g. exe=shop or label=zone=eu,cmdline=--port "
                            "(repeatable: any rule)")
     snap.add_argument("--timeout", type=float, default=60.0, metavar="S", help="with --server: wait at most S s")
+    snap.add_argument("--ca", metavar="PEM", help="with --server: trust this CA for the control plane's TLS")
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def run_server(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             print("goprobe: error: --tls-cert and --tls-key go together", file=sys.stderr)
             return 2
-        tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+        tls = (_read_pem(args.tls_cert), _read_pem(args.tls_key))
     server, port = serve(args.listen, tokens, data=args.data, tls=tls)
     host = args.listen.rsplit(":", 1)[0]
     print(f"goprobe server: listening on {host}:{port}", flush=True)
@@ -76,7 +77,7 @@ def run_agent(args: argparse.Namespace) -> int:
             return 2
         labels[key] = value
     agent = Agent(args.server, read_token(args.token_file), labels,
-                  root_certificates=Path(args.ca).read_bytes() if args.ca else None, agent_id=args.id)
+                  root_certificates=_read_pem(args.ca), agent_id=args.id)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
     print(f"goprobe agent: {agent.machine.agent_id} serving {args.server}", flush=True)
@@ -96,7 +97,7 @@ def snapshot_through_server(args: argparse.Namespace, functions, limits, gfilter
         raise GoprobeError("with --server, name the processes with --select (e.g. --select exe=shop)")
     if not args.token_file:
         raise GoprobeError("with --server, give the client token with --token-file")
-    with Client(args.server, read_token(args.token_file)) as client:
+    with Client(args.server, read_token(args.token_file), root_certificates=_read_pem(args.ca)) as client:
         return client.snapshot(args.select, functions, limits=attrs.asdict(limits) if limits else None,
                                goroutine_filter=gfilter, backend=args.backend, timeout=args.timeout)
 
@@ -117,3 +118,14 @@ def render_bundle(bundle: dict) -> str:
 
 def dumps(bundle: dict) -> str:
     return json.dumps(bundle, indent=1, ensure_ascii=False)
+
+
+def _read_pem(path: str | None) -> bytes | None:
+    from goprobe.errors import GoprobeError
+
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise GoprobeError(f"cannot read {path}: {exc.strerror}") from None

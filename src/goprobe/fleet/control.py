@@ -31,6 +31,7 @@ from goprobe.fleet.selection import Rule, select
 
 log = logging.getLogger("goprobe.fleet")
 PROTOCOL = 1
+MAX_AGENTS = 1024
 
 
 @attrs.define
@@ -41,6 +42,38 @@ class _Agent:
     outbox: queue.Queue = attrs.field(factory=queue.Queue)
     pending: dict[str, futures.Future] = attrs.field(factory=dict)
     gone: bool = False
+    lock: threading.Lock = attrs.field(factory=threading.Lock)  # pending and gone
+
+    def ask(self, cid: str, command: pb.ServerMessage) -> futures.Future:
+        """Send *command*; the future gets the agent's answer, or ConnectionError if it goes away first."""
+        fut: futures.Future = futures.Future()
+        with self.lock:
+            if self.gone:
+                fut.set_exception(ConnectionError("the agent disconnected"))
+                return fut
+            self.pending[cid] = fut
+        self.outbox.put(command)
+        return fut
+
+    def answer(self, result: pb.SnapshotResult) -> None:
+        with self.lock:
+            fut = self.pending.pop(result.id, None)
+        if fut is not None:
+            _settle(fut, result=result)
+
+    def forget(self, cid: str) -> None:
+        with self.lock:
+            self.pending.pop(cid, None)
+
+
+def _settle(fut: futures.Future, result=None, exc: BaseException | None = None) -> None:
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except futures.InvalidStateError:
+        pass  # settled already (the client gave up, or the agent answered as it went away)
 
 
 class ControlService(pbg.ControlServicer):
@@ -62,11 +95,16 @@ class ControlService(pbg.ControlServicer):
                           f"protocol {first.hello.protocol}; this control plane speaks {PROTOCOL}: upgrade goprobe")
         agent = _Agent(first.hello.machine, time.time())
         key = agent.machine.agent_id
+        if not key:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent's Hello names its agent id")
         with self._lock:
-            old = self._agents.get(key)
-            self._agents[key] = agent
-        if old is not None:  # the same agent reconnected: its old stream is over
-            self._drop(old)
+            busy = key in self._agents
+            if not busy:
+                self._agents[key] = agent
+        if busy:
+            # Another live stream has this id (the same agent whose old stream is not yet known to be dead, or
+            # a second agent with the same id): this one retries later; the live one is not knocked off.
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"an agent with id {key!r} is connected already")
         log.info("agent %s (%s) connected", key, agent.machine.hostname)
         reader = threading.Thread(target=self._read, args=(agent, request_iterator), daemon=True)
         reader.start()
@@ -91,21 +129,19 @@ class ControlService(pbg.ControlServicer):
                 if kind == "inventory":
                     agent.processes = list(msg.inventory.processes)
                 elif kind == "snapshot_result":
-                    fut = agent.pending.pop(msg.snapshot_result.id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg.snapshot_result)
+                    agent.answer(msg.snapshot_result)
         except grpc.RpcError:
             pass
         finally:
             agent.outbox.put(None)
 
     def _drop(self, agent: _Agent) -> None:
-        agent.gone = True
+        with agent.lock:
+            agent.gone = True
+            pending, agent.pending = agent.pending, {}
         agent.outbox.put(None)
-        for fut in list(agent.pending.values()):
-            if not fut.done():
-                fut.set_exception(ConnectionError("the agent disconnected"))
-        agent.pending.clear()
+        for fut in pending.values():
+            _settle(fut, exc=ConnectionError("the agent disconnected"))
 
     # -- clients ---------------------------------------------------------------------------------------------
     def ListAgents(self, request, context):
@@ -136,15 +172,13 @@ class ControlService(pbg.ControlServicer):
             if not procs:
                 continue
             cid = f"s{next(self._ids)}"
-            fut: futures.Future = futures.Future()
-            agent.pending[cid] = fut
-            agent.outbox.put(pb.ServerMessage(snapshot=pb.SnapshotCommand(
+            fut = agent.ask(cid, pb.ServerMessage(snapshot=pb.SnapshotCommand(
                 id=cid, pids=[p.pid for p in procs], request_json=request_json, backend=backend,
                 deadline_s=timeout)))
-            asked.append((agent, procs, fut))
+            asked.append((agent, procs, fut, cid))
         deadline = time.monotonic() + timeout
         machines = []
-        for agent, procs, fut in asked:
+        for agent, procs, fut, cid in asked:
             m = agent.machine
             entry: dict[str, Any] = {"agent_id": m.agent_id, "hostname": m.hostname, "kernel": m.kernel,
                                      "labels": dict(m.labels)}
@@ -152,6 +186,7 @@ class ControlService(pbg.ControlServicer):
                 result = fut.result(timeout=max(0.0, deadline - time.monotonic()))
                 entry["processes"] = _processes(result, procs)
             except futures.TimeoutError:
+                agent.forget(cid)
                 entry["processes"] = _failed(procs, "TIMEOUT", f"the agent did not answer within {timeout:g} s")
             except ConnectionError as exc:
                 entry["processes"] = _failed(procs, "AGENT_GONE", str(exc))
@@ -180,19 +215,28 @@ def serve(listen: str, tokens: dict[str, str], *, data: str | Path | None = None
           tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.Server, int]:
     """Start the control plane on *listen* (HOST:PORT; port 0 picks one); returns the server and its port.
     *tls*: (certificate chain, private key) PEM bytes."""
+    from goprobe.errors import GoprobeError
+
     if data is not None:
         Path(data).mkdir(parents=True, exist_ok=True)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), interceptors=[auth.TokenInterceptor(tokens)],
+    # Each agent's stream holds a worker thread for as long as it is connected, each client call one while it
+    # runs: the pool is sized for MAX_AGENTS agents plus clients, and agents past that are refused.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_AGENTS + 64),
+                         interceptors=[auth.TokenInterceptor(tokens)],
+                         maximum_concurrent_rpcs=MAX_AGENTS + 64,
                          options=[("grpc.max_receive_message_length", 256 << 20),
-                                  ("grpc.max_send_message_length", 256 << 20)])
+                                  ("grpc.max_send_message_length", 256 << 20),
+                                  ("grpc.so_reuseport", 0)])  # a second server on the port is an error
     pbg.add_ControlServicer_to_server(ControlService(), server)
-    if tls is not None:
-        port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls[1], tls[0])]))
-    else:
-        port = server.add_insecure_port(listen)
+    try:
+        if tls is not None:
+            port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise GoprobeError(f"cannot listen on {listen}: {exc} (the address is in use, not this machine's, or "
+                           "the TLS certificate and key do not match)") from None
     if port == 0:
-        from goprobe.errors import GoprobeError
-
         raise GoprobeError(f"cannot listen on {listen}: the address is in use or not this machine's")
     server.start()
     return server, port

@@ -28,14 +28,20 @@ class Rule:
             if not sep or key not in names:
                 raise RequestError(f"bad selection rule {part!r} in {text!r}: use "
                                    "exe=NAME, cmdline=TEXT, label=KEY=VALUE, pid=N or agent=ID, comma-separated")
+            if not value:  # "exe=" (say, from an unset variable) must not select every process of the fleet
+                raise RequestError(f"empty value in selection rule {part!r} of {text!r}")
             if key == "pid":
                 try:
                     value = int(value)
                 except ValueError:
-                    raise RequestError(f"bad pid in selection rule {text!r}") from None
+                    value = 0
+                if value <= 0:
+                    raise RequestError(f"bad pid in selection rule {text!r}: a positive process id")
             if key == "label" and "=" not in value:
                 raise RequestError(f"bad machine label in selection rule {text!r}: use label=KEY=VALUE")
             fields[names[key]] = value
+        if not fields:
+            raise RequestError(f"empty selection rule {text!r}: name the processes (exe=NAME, pid=N, ...)")
         return cls(**fields)
 
     def matches(self, machine, proc) -> bool:

@@ -206,11 +206,11 @@ def compile_stripped(sb, functions: Mapping[str, Sequence[str]], *, max_frames: 
     from goprobe.dwarf.stripped import NO_DEBUG_INFO
     from goprobe.ir.verify import verify
 
-    plans = tuple(FramePlan(name, sb.function(name).ranges, False,
+    plans = tuple(FramePlan(name, sb.ranges_of(name), False,
                             tuple(VariableCapture(t, (), None, missing=NO_DEBUG_INFO) for t in texts))
                   for name, texts in functions.items())
-    gfilter = sb.function(goroutine_filter).ranges if goroutine_filter else None
-    stops = tuple(sorted(r for name in STOP_FUNCTIONS if sb.has_function(name) for r in sb.function(name).ranges))
+    gfilter = sb.ranges_of(goroutine_filter) if goroutine_filter else None
+    stops = tuple(sorted(r for name in STOP_FUNCTIONS if sb.has_function(name) for r in sb.ranges_of(name)))
     return verify(SnapshotPlan(GoroutineLayout.from_binary(sb), plans, TypeTable(()), InterfaceLayout.from_binary(sb),
                                sb.unwind_table(), stops, max_frames, max_goroutines, gfilter, None))
 
