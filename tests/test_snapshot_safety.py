@@ -229,6 +229,32 @@ def test_pause_limit_bounds_the_reading_of_one_large_value(newest_version, backe
 
 
 @pytest.mark.parametrize("backend", ["interp", "ebpf"])
+def test_a_cut_inside_a_large_map_directory_keeps_the_entries_before_it(newest_version, backend):
+    """A 600k-entry map (Go 1.24+: a swiss table directory of more than one 4 KiB read) cut by a 25 ms pause
+    limit: the entries of the tables copied before the cut are shown, marked truncated (before, a cut anywhere
+    in the directory or the tables lost the whole map)."""
+    from ebpf_support import REASON
+
+    from goprobe.request import Limits
+    from goprobe.snapshot import take_snapshot
+
+    if backend == "ebpf" and REASON is not None:
+        pytest.skip(REASON)
+    n = 600_000
+    binary = build_fixture("goroutines", newest_version, "opt")
+    big = dict(map_entries=10 ** 6, total_output_bytes=1 << 30, collection_bytes=1 << 30)
+    with running(binary, ["-bigmap", str(n)]) as target:
+        proc = take_snapshot([target.pid], {"main.holdMap": ["m"]}, backend=backend,
+                             limits=Limits(pause_ms=25, **big))["processes"][0]
+        _assert_free(target.pid)
+    (m,) = [f["variables"]["m"] for g in proc["goroutines"] for f in g["frames"] if f["function"] == "main.holdMap"]
+    assert isinstance(m, dict) and "@entries" in m, (m, proc.get("errors"))
+    assert m["@len"] == n and m.get("@truncated") and 0 < len(m["@entries"]) < n, {k: v for k, v in m.items()
+                                                                                  if k != "@entries"}
+    assert all(v == f"v{k}" for k, v in m["@entries"])
+
+
+@pytest.mark.parametrize("backend", ["interp", "ebpf"])
 def test_max_pause_option_bounds_the_pause_and_says_what_it_cut(newest_version, backend, tmp_path):
     """`goprobe snapshot --max-pause MS`: with a limit far below what 20k goroutines and their values take,
     the process runs again at the limit, the document says what was cut, the process is left free."""

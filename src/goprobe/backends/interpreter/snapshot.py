@@ -576,7 +576,10 @@ def copy_for_values(plan: SnapshotPlan, memory, threads: Sequence, limits, pages
             if gp in by_thread and not interp.out_of_time():
                 status = int.from_bytes(g[gl.status:gl.status + gl.status_size], "little") & ~G_SCAN
                 interp._goroutine(gp, g, status, by_thread)
-    todo = sorted(set(pages) - set(interp.mem.pages))
+    # In the order the run before the pause read them: a cut then keeps the start of each value (a map's
+    # directory and first tables), never an arbitrary set of its pages.
+    have = interp.mem.pages
+    todo = [p for p in dict.fromkeys(pages) if p not in have]
     for start in range(0, len(todo), _PAGE_BATCH):
         if interp.out_of_time():
             errors.append(f"pause limit of {interp.budget_ms} ms reached while copying the memory of the values "

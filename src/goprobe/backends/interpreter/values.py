@@ -35,6 +35,7 @@ _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _ADDR_MASK = (1 << 64) - 1
 
+_DIR_PIECE = 512  # directory entries a piece (copy_codegen.CHUNK // 8)
 MAX_BUCKETS = 1 << 16  # bound on bucket/group visits per map
 MAX_CHAIN = 1 << 10  # bound on overflow chains and wait queues
 MAX_NESTING = 200  # values nested deeper (only through interfaces that contain themselves) are cut
@@ -397,29 +398,8 @@ class ValueEncoder:
         return self.mem.read(m, V.header_size(shape))
 
     def _swiss_slots(self, shape: V.SwissMap, m: int, hdr: bytes):
-        dir_ptr = _U64.unpack_from(hdr, shape.dir_ptr_off)[0]
-        dir_len = _I64.unpack_from(hdr, shape.dir_len_off)[0]
-        groups: list[tuple[int, int]] = []  # (group array address, number of groups)
-        if dir_len == 0:
-            groups.append((dir_ptr, 1))  # a small map: one group, no tables
-        elif 0 < dir_len <= MAX_BUCKETS:
-            raw = self.mem.read(dir_ptr, 8 * dir_len)
-            tables: list[int] = []
-            if raw:
-                for (t,) in struct.iter_unpack("<Q", raw):
-                    if t and t not in tables:  # directory entries repeat a table shared by several slots
-                        tables.append(t)
-            for t in tables:
-                th = self.mem.read(t, max(shape.groups_data_off, shape.groups_mask_off) + 8)
-                if th:
-                    data = _U64.unpack_from(th, shape.groups_data_off)[0]
-                    mask = _U64.unpack_from(th, shape.groups_mask_off)[0]
-                    groups.append((data, min(mask + 1, MAX_BUCKETS)))
-                    self.scan_cut |= mask >= MAX_BUCKETS
-        elif dir_len > MAX_BUCKETS:
-            self.scan_cut = True
         visited = 0
-        for base, ngroups in groups:
+        for base, ngroups in self._swiss_group_arrays(shape, hdr):
             for g in range(ngroups):
                 if visited >= MAX_BUCKETS or self.out_of_time():
                     self.scan_cut = True
@@ -434,6 +414,34 @@ class ValueEncoder:
                         continue
                     s = addr + shape.slots_off + slot * shape.slot_size
                     yield self._slot_addrs(shape, s + shape.key_off, s + shape.elem_off)
+
+    def _swiss_group_arrays(self, shape: V.SwissMap, hdr: bytes):
+        """(group array address, number of groups) of each table, table by table as the directory lists them
+        (the directory in pieces of one copier read): a pause's copy cut partway holds the first tables
+        whole, and their entries are shown (marked cut), not none at all."""
+        dir_ptr = _U64.unpack_from(hdr, shape.dir_ptr_off)[0]
+        dir_len = _I64.unpack_from(hdr, shape.dir_len_off)[0]
+        if dir_len == 0:
+            yield dir_ptr, 1  # a small map: one group, no tables
+            return
+        if dir_len < 0 or dir_len > MAX_BUCKETS:
+            self.scan_cut = True
+            return
+        seen: set[int] = set()
+        for start in range(0, dir_len, _DIR_PIECE):
+            raw = self.mem.read(dir_ptr + 8 * start, 8 * min(_DIR_PIECE, dir_len - start))
+            if raw is None:
+                return
+            for (t,) in struct.iter_unpack("<Q", raw):
+                if not t or t in seen:  # directory entries repeat a table shared by several slots
+                    continue
+                seen.add(t)
+                th = self.mem.read(t, max(shape.groups_data_off, shape.groups_mask_off) + 8)
+                if th:
+                    data = _U64.unpack_from(th, shape.groups_data_off)[0]
+                    mask = _U64.unpack_from(th, shape.groups_mask_off)[0]
+                    self.scan_cut |= mask >= MAX_BUCKETS
+                    yield data, min(mask + 1, MAX_BUCKETS)
 
     def _classic_slots(self, shape: V.ClassicMap, h: int, hdr: bytes):
         B = hdr[shape.b_off]
